@@ -1,0 +1,321 @@
+"""From a DataFrame and a parsed formula to the model's matrices.
+
+:func:`make_design` returns a :class:`Design`: the response ``y``, the fixed-effects
+matrix ``X`` (through patsy, with R's column names), and one :class:`ReTerm` per
+random-effects term with its grouping codes and its per-row model matrix.  Terms
+are ordered as lme4 orders them (decreasing number of levels, ties in formula
+order), so ``theta`` has lme4's layout.  The encodings needed to build ``X`` and
+``Z`` for new data are kept on the design.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import patsy
+
+from .formula import ParsedFormula, RandomTerm, formula_variables, parse_formula, quote_dotted
+
+__all__ = ["ReTerm", "Design", "make_design", "r_column_name"]
+
+
+@dataclass
+class ReTerm:
+    """One random-effects term: grouping codes and per-row model matrix.
+
+    ``codes[i]`` is the level of row ``i`` (0-based into ``levels``) and
+    ``Z[i]`` its ``k`` covariate values; the term's block of the full Z matrix has
+    ``Z[i]`` in columns ``codes[i]*k : codes[i]*k + k`` of row ``i``.
+    """
+
+    expr: str
+    group: tuple[str, ...]
+    levels: list[str]
+    codes: np.ndarray
+    Z: np.ndarray
+    cnames: list[str]
+    design_info: object = field(repr=False)
+    level_keys: list[tuple] = field(repr=False, default_factory=list)
+
+    @property
+    def group_name(self) -> str:
+        return ":".join(self.group)
+
+    @property
+    def k(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def nlevels(self) -> int:
+        return len(self.levels)
+
+
+@dataclass
+class Design:
+    """Everything a fit needs from the data, after dropping incomplete rows."""
+
+    formula: ParsedFormula
+    y: np.ndarray
+    X: np.ndarray
+    xnames: list[str]
+    terms: list[ReTerm]
+    n_dropped: int
+    x_design_info: object = field(repr=False)
+    x_perm: np.ndarray = field(repr=False)
+    x_keep: np.ndarray = field(repr=False)
+    aliased: list[str] = field(default_factory=list)
+    response_name: str = ""
+    row_index: pd.Index = field(repr=False, default=None)
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1]
+
+
+_PATSY_LEVEL = re.compile(r"^(?P<name>.*?)\[(?:T\.)?(?P<level>.*)\]$")
+
+
+def r_column_name(name: str) -> str:
+    """patsy column name -> R's model.matrix name.
+
+    ``Intercept`` -> ``(Intercept)``; ``V[T.Marvellous]:N[T.0.2cwt]`` ->
+    ``VMarvellous:N0.2cwt``; ``I(x ** 2)`` -> ``I(x^2)``; ``Q("a.b")`` -> ``a.b``.
+    """
+    if name == "Intercept":
+        return "(Intercept)"
+    parts = []
+    for piece in name.split(":"):
+        m = _PATSY_LEVEL.match(piece)
+        if m:
+            piece = m.group("name") + m.group("level")
+        piece = re.sub(r"Q\([\"'](.*?)[\"']\)", r"\1", piece)
+        parts.append(piece.replace(" ** ", "^").replace("**", "^"))
+    return ":".join(parts)
+
+
+def _level_label(value) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _factor_codes(col: pd.Series) -> tuple[np.ndarray, list]:
+    """Codes and level values of a grouping column (R's factor() level order)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = col.cat.codes.to_numpy()
+        return codes.astype(np.int64), list(col.cat.categories)
+    values = col.to_numpy()
+    try:
+        uniq = np.unique(values)
+    except TypeError:  # mixed types: sort by their text
+        uniq = np.array(sorted(set(values), key=str), dtype=object)
+    codes = np.searchsorted(uniq, values) if uniq.dtype != object else \
+        pd.Index(uniq).get_indexer(values)
+    return np.asarray(codes, dtype=np.int64), list(uniq)
+
+
+def _group_codes(data: pd.DataFrame, group: tuple[str, ...]):
+    """Codes of the interaction of grouping columns, only combinations present.
+
+    Levels are sorted by the components' level order, first component slowest,
+    and labelled ``"a:b"`` as lme4 does.
+    """
+    comp_codes, comp_levels = [], []
+    for name in group:
+        c, lv = _factor_codes(data[name])
+        comp_codes.append(c)
+        comp_levels.append(lv)
+    if len(group) == 1:
+        used = np.unique(comp_codes[0])
+        remap = np.full(len(comp_levels[0]), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        keys = [(comp_levels[0][u],) for u in used]
+        labels = [_level_label(k[0]) for k in keys]
+        return remap[comp_codes[0]], labels, keys
+    stacked = np.stack(comp_codes, axis=1)
+    uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    keys = [tuple(comp_levels[j][u[j]] for j in range(len(group))) for u in uniq]
+    labels = [":".join(_level_label(v) for v in k) for k in keys]
+    return inverse.reshape(-1).astype(np.int64), labels, keys
+
+
+def _check_columns(data: pd.DataFrame, parsed: ParsedFormula) -> list[str]:
+    used: list[str] = []
+
+    def add(names, where):
+        for name in names:
+            if name not in data.columns:
+                raise ValueError(f"column {name!r} ({where}) not found in data; "
+                                 f"available columns: {list(data.columns)}")
+            if name not in used:
+                used.append(name)
+
+    add(formula_variables(parsed.response), "response")
+    add(formula_variables(parsed.fixed), "fixed effects")
+    for term in parsed.random:
+        add(formula_variables(term.expr), f"random term {term}")
+        add(term.group, f"grouping factor of {term}")
+    return used
+
+
+def _response(data: pd.DataFrame, expr: str) -> np.ndarray:
+    if expr in data.columns:
+        col = data[expr]
+        if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
+            raise TypeError(f"response {expr!r} must be numeric, got dtype {col.dtype}")
+        return col.to_numpy(dtype=np.float64)
+    try:
+        mat = patsy.dmatrix(f"0 + {expr}", data, NA_action="raise")
+    except patsy.PatsyError as err:
+        raise ValueError(f"cannot evaluate response {expr!r}: {err}") from None
+    if mat.shape[1] != 1:
+        raise TypeError(f"response {expr!r} must be a single numeric column, got "
+                        f"{mat.shape[1]} columns (is it categorical?)")
+    return np.asarray(mat, dtype=np.float64)[:, 0]
+
+
+def _model_matrix(expr: str, data: pd.DataFrame, what: str):
+    try:
+        mat = patsy.dmatrix(quote_dotted(expr, data.columns), data, NA_action="raise",
+                            return_type="matrix")
+    except patsy.PatsyError as err:
+        raise ValueError(f"cannot build the {what} model matrix from {expr!r}: "
+                         f"{err.message if hasattr(err, 'message') else err}") from None
+    return np.asarray(mat, dtype=np.float64), mat.design_info
+
+
+def _r_column_order(info, fixed: str) -> np.ndarray:
+    """Column permutation from patsy's term order to R's.
+
+    patsy puts purely categorical terms first; R keeps the formula's order and
+    only sorts terms by their degree (main effects before interactions).
+    """
+    written = patsy.ModelDesc.from_formula(fixed).rhs_termlist
+    order = sorted(range(len(written)), key=lambda i: len(written[i].factors))
+    perm: list[int] = []
+    for i in order:
+        sl = info.term_slices.get(written[i])
+        if sl is not None:
+            perm.extend(range(sl.start, sl.stop))
+    if sorted(perm) != list(range(len(info.column_names))):
+        return np.arange(len(info.column_names))
+    return np.asarray(perm, dtype=np.int64)
+
+
+def _independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
+    """Keep-mask of columns not linearly dependent on earlier ones.
+
+    Sequential Householder QR: a column whose residual after projecting on the
+    kept columns has a norm below ``tol`` times its own norm is aliased (the
+    rule R's pivoted QR applies, dropping later columns first).
+    """
+    n, p = X.shape
+    keep = np.zeros(p, dtype=bool)
+    Q = np.zeros((n, 0))
+    for j in range(p):
+        col = X[:, j]
+        norm = np.linalg.norm(col)
+        if norm == 0:
+            continue
+        resid = col - Q @ (Q.T @ col)
+        resid = resid - Q @ (Q.T @ resid)  # second pass for accuracy
+        rn = np.linalg.norm(resid)
+        if rn > tol * norm:
+            keep[j] = True
+            Q = np.column_stack([Q, resid / rn])
+    return keep
+
+
+def _check_finite(data: pd.DataFrame, used: list[str]) -> None:
+    for name in used:
+        col = data[name]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            vals = col.to_numpy(dtype=np.float64)
+            bad = np.isinf(vals)
+            if bad.any():
+                rows = list(data.index[bad][:5])
+                raise ValueError(f"column {name!r} has {int(bad.sum())} infinite value(s) "
+                                 f"(rows {rows}); remove or replace them before fitting")
+
+
+def make_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
+    """Build the :class:`Design` of an lme4 formula on a DataFrame.
+
+    Rows with a missing value in any column the model uses are dropped (the count is
+    kept in ``n_dropped``); aliased fixed-effect columns are dropped with a warning.
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    parsed = parse_formula(formula) if isinstance(formula, str) else formula
+    if not parsed.random:
+        raise ValueError(f"formula {parsed.formula!r} has no random-effects term such as "
+                         "(1 | g); use an ordinary linear model for fixed effects only")
+    used = _check_columns(data, parsed)
+    sub = data[used]
+    complete = ~sub.isna().any(axis=1).to_numpy()
+    n_dropped = int((~complete).sum())
+    if not complete.any():
+        raise ValueError(f"no rows left after dropping {n_dropped} row(s) with missing "
+                         f"values in columns {used}")
+    sub = sub.loc[complete]
+    _check_finite(sub, used)
+    # Categorical columns keep only the categories present, as R's factors in a fit do.
+    sub = sub.copy()
+    for name in used:
+        if isinstance(sub[name].dtype, pd.CategoricalDtype):
+            sub[name] = sub[name].cat.remove_unused_categories()
+
+    y = _response(sub, parsed.response)
+    X_full, x_info = _model_matrix(parsed.fixed, sub, "fixed-effects")
+    x_perm = _r_column_order(x_info, quote_dotted(parsed.fixed, sub.columns))
+    X_full = X_full[:, x_perm]
+    xnames_full = [r_column_name(x_info.column_names[j]) for j in x_perm]
+    keep = _independent_columns(X_full) if X_full.shape[1] else np.zeros(0, bool)
+    aliased = [nm for nm, k in zip(xnames_full, keep) if not k]
+    if aliased:
+        warnings.warn(f"fixed-effect model matrix is rank deficient: dropping "
+                      f"{len(aliased)} column(s) {aliased}", stacklevel=3)
+    X = X_full[:, keep]
+    xnames = [nm for nm, k in zip(xnames_full, keep) if k]
+    n = len(y)
+
+    terms = [_make_term(t, sub, n) for t in parsed.random]
+    # lme4 orders terms by decreasing number of levels; sorted() is stable.
+    terms = sorted(terms, key=lambda t: -t.nlevels)
+    nparam = X.shape[1] + sum(t.k * (t.k + 1) // 2 for t in terms) + 1
+    if n <= X.shape[1]:
+        raise ValueError(f"{n} observations are too few for {X.shape[1]} fixed effects")
+    if nparam > n:
+        raise ValueError(f"the model has {nparam} parameters but only {n} observations")
+    return Design(formula=parsed, y=y, X=X, xnames=xnames, terms=terms, n_dropped=n_dropped,
+                  x_design_info=x_info, x_perm=x_perm, x_keep=keep, aliased=aliased,
+                  response_name=parsed.response, row_index=sub.index)
+
+
+def _make_term(term: RandomTerm, data: pd.DataFrame, n: int) -> ReTerm:
+    codes, labels, keys = _group_codes(data, term.group)
+    Z, info = _model_matrix(term.expr, data, f"random-effects term {term}")
+    if Z.shape[1] == 0:
+        raise ValueError(f"random-effects term {term} has no columns")
+    nl = len(labels)
+    if nl < 2:
+        raise ValueError(f"grouping factor {term.group_name!r} of term {term} has "
+                         f"{nl} level; a random effect needs at least 2 levels")
+    if nl >= n:
+        raise ValueError(f"grouping factor {term.group_name!r} of term {term} has {nl} "
+                         f"levels for {n} observations; each level needs several "
+                         "observations to separate it from the residual")
+    if nl * Z.shape[1] >= n:
+        raise ValueError(f"term {term} has {nl * Z.shape[1]} random effects for {n} "
+                         "observations; the model is not identifiable")
+    return ReTerm(expr=term.expr, group=term.group, levels=labels, codes=codes, Z=Z,
+                  cnames=[r_column_name(c) for c in info.column_names], design_info=info,
+                  level_keys=keys)

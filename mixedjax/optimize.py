@@ -1,0 +1,138 @@
+"""Damped Newton minimization with exact derivatives, as one jit-compilable loop.
+
+theta is small (a handful to a few dozen entries), so each iteration computes the
+exact gradient and Hessian by autodiff, modifies the Hessian's eigenvalues to be
+positive (|lambda|, floored; Nocedal & Wright, "Numerical Optimization", 2nd ed.,
+section 3.4), caps the step length, and backtracks until the Armijo condition
+holds.  Near a stationary point with negative curvature (a saddle), the step
+follows the most negative eigenvector instead.  The loop is a ``lax.while_loop``
+with fixed shapes, so the whole fit is one compiled call and can be ``vmap``-ed:
+every batch member stops on its own (its state is frozen once converged) and the
+loop runs until the slowest one does.
+
+Why Newton rather than lme4's derivative-free BOBYQA: with exact Hessians the
+iteration converges quadratically, so the optimum is found to machine precision
+in a few iterations, and the stopping rule can be a gradient test instead of a
+change in the objective.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["NewtonResult", "newton_minimize"]
+
+
+class NewtonResult(NamedTuple):
+    """Optimization record (all arrays, so it batches under vmap).
+
+    ``status``: 0 gradient test met, 1 step below tolerance, 2 line search could not
+    decrease the objective further (round-off level), 3 iteration limit.
+    """
+
+    x: jax.Array
+    fun: jax.Array
+    grad: jax.Array
+    hess: jax.Array
+    iterations: jax.Array
+    fun_evals: jax.Array
+    status: jax.Array
+    converged: jax.Array
+
+
+class _State(NamedTuple):
+    x: jax.Array
+    f: jax.Array
+    g: jax.Array
+    H: jax.Array
+    it: jax.Array
+    nfev: jax.Array
+    status: jax.Array  # -1 while running
+
+
+def _direction(g, H, max_step):
+    evals, evecs = jnp.linalg.eigh(H)
+    scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)
+    mod = jnp.maximum(jnp.abs(evals), 1e-10 * scale)
+    gv = evecs.T @ g
+    step = -evecs @ (gv / mod)
+    # At a saddle the gradient is tiny but the curvature is negative: step along
+    # the most negative eigenvector, oriented downhill (or arbitrarily when g = 0).
+    neg = evals[0] < -1e-8 * scale
+    v = evecs[:, 0]
+    v = jnp.where(gv[0] > 0, -v, v)
+    saddle = neg & (jnp.linalg.norm(step) < 1e-6)
+    step = jnp.where(saddle, v * jnp.minimum(max_step, 1.0), step)
+    norm = jnp.linalg.norm(step)
+    step = jnp.where(norm > max_step, step * (max_step / norm), step)
+    decrement = jnp.sum(gv * gv / mod)
+    return step, decrement
+
+
+def newton_minimize(fun: Callable, x0, *args, max_iter: int = 200, gtol: float = 1e-6,
+                    xtol: float = 1e-10, max_step: float = 2.0) -> NewtonResult:
+    """Minimize ``fun(x, *args)`` from ``x0`` by damped Newton with exact Hessian.
+
+    Converged means: the Newton decrement g' H^-1 g (the predicted reduction,
+    twice over, in the objective's own units) is below ``gtol`` and the Hessian has
+    no clearly negative eigenvalue.  Iteration continues past that to round-off
+    (tiny steps cost little once the rate is quadratic) and stops when the step is
+    below ``xtol`` (relative), the line search stalls, or ``max_iter`` is reached.
+    """
+    value_and_grad = jax.value_and_grad(fun)
+    hessian = jax.hessian(fun)
+    x0 = jnp.asarray(x0, dtype=jnp.float64)
+    nx = x0.shape[0]
+    # The derivatives and the objective each appear once in the compiled loop (compile
+    # time grows with every copy): an iteration first differentiates at x, then tests
+    # convergence, then line-searches to the next x.
+    state = _State(x0, jnp.array(jnp.inf), jnp.zeros(nx), jnp.zeros((nx, nx)),
+                   jnp.array(0), jnp.array(0), jnp.array(-1))
+
+    def line_search(x, f, g, step):
+        slope = jnp.dot(g, step)
+        tol = 1e-13 * jnp.maximum(jnp.abs(f), 1.0)
+
+        def accept(alpha, fnew):
+            return fnew <= f + 1e-4 * alpha * slope + tol
+
+        def cond(c):
+            alpha, fnew, k = c
+            return ~accept(alpha, fnew) & (k < 40)
+
+        def body(c):
+            alpha, _, k = c
+            alpha = alpha * 0.5
+            fnew = fun(x + alpha * step, *args)
+            return alpha, jnp.where(jnp.isfinite(fnew), fnew, jnp.inf), k + 1
+
+        alpha, fnew, k = jax.lax.while_loop(cond, body, (jnp.array(2.0), jnp.array(jnp.inf), 0))
+        return alpha, fnew, accept(alpha, fnew), k
+
+    def body(s: _State) -> _State:
+        f, g = value_and_grad(s.x, *args)
+        H = hessian(s.x, *args)
+        step, _ = _direction(g, H, max_step * jnp.maximum(1.0, jnp.linalg.norm(s.x)))
+        alpha, _, ok, nls = line_search(s.x, f, g, step)
+        xnew = jnp.where(ok, s.x + alpha * step, s.x)
+        small = jnp.max(jnp.abs(alpha * step)) <= xtol * (1.0 + jnp.max(jnp.abs(s.x)))
+        status = jnp.where(jnp.max(jnp.abs(g)) == 0.0, 0,
+                           jnp.where(~ok, 2, jnp.where(small, 1, -1)))
+        status = jnp.where((status < 0) & (s.it + 1 >= max_iter), 3, status)
+        # The returned point is where f, g and H were evaluated; once stopped the last
+        # (tiny or rejected) step is not taken, so the record stays consistent.
+        x_out = jnp.where(status < 0, xnew, s.x)
+        return _State(x_out, f, g, H, s.it + 1, s.nfev + nls + 1, status)
+
+    state = jax.lax.while_loop(lambda s: s.status < 0, body, state)
+    _, decrement = _direction(state.g, state.H, max_step)
+    evals = jnp.linalg.eigvalsh(state.H)
+    scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)
+    converged = (decrement <= gtol) & (evals[0] >= -1e-6 * scale) & jnp.all(
+        jnp.isfinite(state.g))
+    return NewtonResult(x=state.x, fun=state.f, grad=state.g, hess=state.H,
+                        iterations=state.it, fun_evals=state.nfev, status=state.status,
+                        converged=converged)
