@@ -1,2 +1,26 @@
-import jax
-jax.config.update("jax_enable_x64", True)
+"""mixedjax: linear mixed-effects models (lme4 formulas) fitted with JAX.
+
+Importing mixedjax turns on JAX's float64 mode (results must match lme4 to 1e-6)
+and, unless ``MIXEDJAX_COMPILATION_CACHE=0`` is set or a cache directory is
+already configured, JAX's persistent compilation cache under
+``~/.cache/mixedjax`` (or ``$MIXEDJAX_CACHE_DIR``), so a model structure compiled
+once loads from disk in later processes.
+"""
+
+from ._config import configure_jax as _configure_jax
+
+_configure_jax()
+
+from . import datasets  # noqa: E402
+from .design import Design, make_design  # noqa: E402
+from .formula import ParsedFormula, RandomTerm, parse_formula  # noqa: E402
+from .model import LMM, ConvergenceWarning, lmer  # noqa: E402
+from .pls import objective as profiled_objective  # noqa: E402
+from .result import LMMResult  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LMM", "LMMResult", "lmer", "ConvergenceWarning", "datasets", "parse_formula",
+    "ParsedFormula", "RandomTerm", "make_design", "Design", "profiled_objective",
+]

@@ -551,10 +551,13 @@ def solve(theta, A: PLSArrays, reml: bool = True) -> Solution:
     c = Lr[-1, :-1]
     x = jax.scipy.linalg.solve_triangular(LA, c, lower=True, trans="T")
     u_rest, beta = x[:qr], x[qr:]
-    # First term: L11' u0 = w_y - W_A x (per level).
+    # First term: L11' u0 = w_y - W_A x (per level).  The stored entries are not
+    # yet scaled by Lambda_rest, so they multiply b_rest = Lambda_rest u_rest.
     wx = F.w_xy[..., :p] @ beta                                       # (m0, k0)
     if qr:
-        contrib = F.w_ent * x[A.ent_c][:, None]
+        lams = theta_to_lambdas(theta, s)
+        b_rest = _scale_rest(u_rest[None, :], [l.T for l in lams], s, "right")[0]
+        contrib = F.w_ent * b_rest[A.ent_c][:, None]
         wx = wx + jax.ops.segment_sum(contrib, A.ent_a, num_segments=s.m[0])
     rhs = F.w_xy[..., p] - wx
     u0 = _backward_small(F.L11, rhs[..., None])[..., 0]

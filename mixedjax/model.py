@@ -1,0 +1,169 @@
+"""The model object and the fit driver: design -> objective -> optimizer -> result.
+
+``LMM.from_formula`` builds the design and the precomputed arrays once;
+``LMM.objective`` is the profiled criterion as a function of theta; ``LMM.fit``
+runs the compiled Newton iteration and returns a new :class:`LMMResult` (the model
+is never modified).  ``lmer`` does both in one call, as lme4's ``lmer``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from . import pls
+from .design import Design, make_design
+from .optimize import NewtonResult, newton_minimize
+
+__all__ = ["LMM", "lmer", "ConvergenceWarning"]
+
+
+class ConvergenceWarning(UserWarning):
+    """The optimizer stopped before meeting its convergence test."""
+
+
+class FitOutput(NamedTuple):
+    """Everything the compiled fit returns (arrays only, so it batches)."""
+
+    opt: NewtonResult
+    theta: jax.Array          # rectified (lme4's sign convention)
+    solution: pls.Solution
+
+
+def rectify(theta, structure: pls.Structure):
+    """jnp version of :func:`pls.rectify_theta` (usable inside jit/vmap)."""
+    parts = []
+    for k, sl in zip(structure.k, structure.theta_slices):
+        rows, cols = pls._tril_indices(k)
+        block = theta[sl]
+        diag_pos = np.array([np.flatnonzero((cols == j) & (rows == j))[0] for j in range(k)])
+        signs = jnp.where(block[diag_pos] < 0, -1.0, 1.0)
+        parts.append(block * signs[cols])
+    return jnp.concatenate(parts)
+
+
+def fit_arrays(theta0, A: pls.PLSArrays, reml: bool = True, max_iter: int = 200) -> FitOutput:
+    """Fit theta by Newton from ``theta0`` and solve for beta, u, sigma at the optimum.
+
+    Pure and jit/vmap-compatible: ``jax.vmap(fit_arrays, (None, 0))`` fits a batch
+    of responses that share one design.
+    """
+    opt = newton_minimize(pls.objective, theta0, A, reml, max_iter=max_iter)
+    theta = rectify(opt.x, A.structure)
+    return FitOutput(opt=opt, theta=theta, solution=pls.solve(theta, A, reml))
+
+
+_fit_jit = jax.jit(fit_arrays, static_argnames=("reml", "max_iter"))
+_objective_jit = jax.jit(pls.objective, static_argnames=("reml",))
+
+
+class LMM:
+    """A linear mixed model specified by an lme4 formula and a DataFrame.
+
+    Attributes: ``design`` (:class:`~mixedjax.design.Design`), ``arrays`` (the
+    precomputed :class:`~mixedjax.pls.PLSArrays`), ``reml``.  ``objective(theta)`` is
+    the profiled REML criterion (``reml=True``) or deviance, as lme4's ``devfun``.
+    """
+
+    def __init__(self, design: Design, reml: bool = True, pad: bool = True,
+                 data_name: str | None = None):
+        self.design = design
+        self.reml = bool(reml)
+        self.arrays = pls.build_arrays(design.terms, design.X, design.y, pad=pad)
+        self.data_name = data_name
+
+    @classmethod
+    def from_formula(cls, formula: str, data: pd.DataFrame, reml: bool = True,
+                     pad: bool = True) -> "LMM":
+        """Build the model: parse, drop incomplete rows, precompute the blocks."""
+        design = make_design(formula, data)
+        name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
+        return cls(design, reml=reml, pad=pad, data_name=name)
+
+    # -- the criterion -----------------------------------------------------------
+    @property
+    def structure(self) -> pls.Structure:
+        return self.arrays.structure
+
+    @property
+    def ntheta(self) -> int:
+        return self.structure.ntheta
+
+    @property
+    def theta_names(self) -> list[str]:
+        """Names of theta's entries: ``group.row.col`` of each Lambda element."""
+        names = []
+        for term in self.design.terms:
+            rows, cols = pls._tril_indices(term.k)
+            for r, c in zip(rows, cols):
+                if r == c:
+                    names.append(f"{term.group_name}.{term.cnames[r]}")
+                else:
+                    names.append(f"{term.group_name}.{term.cnames[r]}.{term.cnames[c]}")
+        return names
+
+    def objective(self, theta):
+        """Profiled REML criterion or deviance at ``theta`` (lme4's ``devfun``).
+
+        Pure in ``theta``: ``jax.grad(model.objective)``, ``jax.hessian`` and
+        ``jax.vmap`` apply.  Inside a user's own ``jax.jit`` prefer
+        ``mixedjax.pls.objective(theta, model.arrays, model.reml)`` so the arrays
+        are arguments, not constants baked into the compiled code.
+        """
+        theta = jnp.asarray(theta, dtype=jnp.float64)
+        if theta.shape[-1] != self.ntheta:
+            raise ValueError(f"theta must have {self.ntheta} entries "
+                             f"({self.theta_names}), got {theta.shape[-1]}")
+        if isinstance(theta, jax.core.Tracer):
+            return pls.objective(theta, self.arrays, self.reml)
+        if theta.ndim > 1:
+            return jax.vmap(lambda t: _objective_jit(t, self.arrays, reml=self.reml))(theta)
+        return _objective_jit(theta, self.arrays, reml=self.reml)
+
+    def initial_theta(self) -> np.ndarray:
+        return pls.initial_theta(self.structure)
+
+    # -- fitting -------------------------------------------------------------------
+    def fit(self, theta0=None, max_iter: int = 200):
+        """Minimize the criterion and return an :class:`~mixedjax.result.LMMResult`."""
+        from .result import LMMResult
+
+        theta0 = self.initial_theta() if theta0 is None else np.asarray(theta0, np.float64)
+        if theta0.shape != (self.ntheta,):
+            raise ValueError(f"theta0 must have {self.ntheta} entries, got {theta0.shape}")
+        t0 = time.perf_counter()
+        out = _fit_jit(jnp.asarray(theta0), self.arrays, reml=self.reml, max_iter=max_iter)
+        out = jax.tree_util.tree_map(np.asarray, out)
+        elapsed = time.perf_counter() - t0
+        result = LMMResult(self, out, theta0=theta0, elapsed=elapsed)
+        if not result.converged:
+            warnings.warn(
+                f"the optimizer did not converge ({result.optinfo['message']}); "
+                f"gradient max |g| = {result.optinfo['grad_max']:.2e} after "
+                f"{result.optinfo['iterations']} iterations", ConvergenceWarning, stacklevel=2)
+        return result
+
+    def __repr__(self) -> str:
+        d = self.design
+        return (f"LMM({d.formula.formula!r}, n={d.n}, p={d.p}, "
+                f"terms={[str(t.group_name) for t in d.terms]}, reml={self.reml})")
+
+
+def lmer(formula: str, data: pd.DataFrame, reml: bool = True, theta0=None,
+         max_iter: int = 200):
+    """Fit a linear mixed model by REML (default) or ML, as lme4's ``lmer``.
+
+    >>> import mixedjax
+    >>> m = mixedjax.lmer("Reaction ~ Days + (Days | Subject)",
+    ...                   mixedjax.datasets.load("sleepstudy"))
+    >>> round(m.objective, 3)
+    1743.628
+    """
+    return LMM.from_formula(formula, data, reml=reml).fit(theta0=theta0, max_iter=max_iter)

@@ -1,0 +1,410 @@
+"""The fitted model: estimates, variance components, BLUPs, predictions.
+
+Names follow lme4: ``fixef``, ``ranef``, ``varcorr``, ``theta``, ``sigma``,
+``vcov``, ``objective`` (-2 log-likelihood or the REML criterion), ``loglik``,
+``aic``, ``bic``.  Formulas: Bates et al. (2015), JSS 67(1), section 3.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import patsy
+
+from . import pls
+
+__all__ = ["LMMResult"]
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta's diagonal elements
+
+_STATUS = {0: "gradient is exactly zero", 1: "step below tolerance",
+           2: "line search cannot decrease the objective further (round-off level)",
+           3: "iteration limit reached"}
+
+
+class LMMResult:
+    """A fitted linear mixed model (a new object per fit; nothing is mutated)."""
+
+    def __init__(self, model, out, theta0, elapsed: float):
+        self.model = model
+        self._design = model.design
+        s = model.structure
+        d = self._design
+        p = d.p
+        self.reml = model.reml
+        self.theta = np.asarray(out.theta, dtype=np.float64)
+        sol = out.solution
+        self.sigma = float(sol.sigma)
+        self.objective = float(sol.objective)
+        self._beta = np.asarray(sol.beta)[:p]
+        self._sol = sol
+        opt = out.opt
+        evals = np.linalg.eigvalsh(np.asarray(opt.hess))
+        self.converged = bool(opt.converged)
+        self.optinfo = {
+            "optimizer": "Newton (exact Hessian)",
+            "iterations": int(opt.iterations),
+            "fun_evals": int(opt.fun_evals),
+            "grad_max": float(np.max(np.abs(opt.grad))) if opt.grad.size else 0.0,
+            "hessian_min_eigenvalue": float(evals[0]) if evals.size else float("nan"),
+            "converged": self.converged,
+            "status": int(opt.status),
+            "message": _STATUS.get(int(opt.status), "unknown"),
+            "theta0": np.asarray(theta0, dtype=np.float64),
+            "theta_raw": np.asarray(opt.x),
+            "seconds": elapsed,
+        }
+        # Relative covariance factors and spherical random effects, per term.
+        self._lambdas = [np.asarray(lam) for lam in pls.theta_to_lambdas(jnp.asarray(self.theta), s)]
+        self._u = self._split_u(np.asarray(sol.u0), np.asarray(sol.u_rest))
+
+    # -- basic quantities ------------------------------------------------------------
+    @property
+    def nobs(self) -> int:
+        return self._design.n
+
+    @property
+    def n_dropped(self) -> int:
+        """Rows dropped because of missing values in the model's columns."""
+        return self._design.n_dropped
+
+    @property
+    def formula(self) -> str:
+        return self._design.formula.formula
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self._design.terms:
+            out.setdefault(t.group_name, t.nlevels)
+        return out
+
+    @property
+    def npar(self) -> int:
+        """Number of parameters: fixed effects, theta, and sigma."""
+        return self._design.p + len(self.theta) + 1
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood (the REML log-likelihood for REML fits), as R's logLik."""
+        return -0.5 * self.objective
+
+    @property
+    def deviance(self) -> float:
+        return self.objective
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2.0 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return self.objective + self.npar * math.log(self.nobs)
+
+    @property
+    def df_resid(self) -> int:
+        return self.nobs - self.npar
+
+    @property
+    def singular(self) -> bool:
+        """True when a variance or a covariance factor is (numerically) singular."""
+        lower = pls.lower_bounds(self.model.structure)
+        diag = np.isfinite(lower)
+        return bool(np.any(np.abs(self.theta[diag]) < SINGULAR_TOL))
+
+    # -- fixed effects ---------------------------------------------------------------
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self._beta, index=self._design.xnames, name="Estimate")
+
+    @functools.cached_property
+    def vcov(self) -> pd.DataFrame:
+        """sigma^2 (R_X' R_X)^-1 (JSS eq. 54)."""
+        s = self.model.structure
+        qr, p = s.q_rest, self._design.p
+        Lx = np.asarray(self._sol.Lr)[qr:qr + p, qr:qr + p]
+        Linv = np.linalg.solve(np.tril(Lx), np.eye(p)) if p else np.zeros((0, 0))
+        V = self.sigma ** 2 * (Linv.T @ Linv)
+        names = self._design.xnames
+        return pd.DataFrame(V, index=names, columns=names)
+
+    @property
+    def stderr(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self._design.xnames,
+                         name="Std. Error")
+
+    # -- random effects --------------------------------------------------------------
+    def _split_u(self, u0, u_rest):
+        s = self.model.structure
+        terms = self._design.terms
+        out = [u0[:terms[0].nlevels]]
+        start = 0
+        for t, k, m in zip(terms[1:], s.k[1:], s.m[1:]):
+            blk = u_rest[start:start + k * m].reshape(m, k)
+            out.append(blk[:t.nlevels])
+            start += k * m
+        return out
+
+    @functools.cached_property
+    def _b(self) -> list[np.ndarray]:
+        """Random effects b = Lambda u per term, (levels, k)."""
+        return [u @ lam.T for u, lam in zip(self._u, self._lambdas)]
+
+    @functools.cached_property
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Conditional modes (BLUPs) per grouping factor, as lme4's ``ranef``.
+
+        Terms on the same grouping factor (as from ``(x || g)``) are joined.
+        """
+        out: dict[str, pd.DataFrame] = {}
+        for t, b in zip(self._design.terms, self._b):
+            df = pd.DataFrame(b, index=pd.Index(t.levels, name=t.group_name), columns=t.cnames)
+            if t.group_name in out:
+                out[t.group_name] = pd.concat([out[t.group_name], df], axis=1)
+            else:
+                out[t.group_name] = df
+        return out
+
+    @functools.cached_property
+    def ranef_condvar(self) -> dict[str, np.ndarray]:
+        """Conditional covariance of the random effects given the data and beta-hat.
+
+        Per grouping factor an array (levels, k, k): sigma^2 Lambda
+        [(Lambda'Z'Z Lambda + I)^-1]_{level block} Lambda', lme4's ``condVar``.
+        """
+        blocks = _condvar_blocks(self.model.arrays, self.theta)
+        out: dict[str, list] = {}
+        for t, blk, lam in zip(self._design.terms, blocks, self._lambdas):
+            cv = self.sigma ** 2 * (lam @ np.asarray(blk)[:t.nlevels] @ lam.T)
+            out.setdefault(t.group_name, []).append(cv)
+        joined = {}
+        for g, parts in out.items():
+            if len(parts) == 1:
+                joined[g] = parts[0]
+                continue
+            n = parts[0].shape[0]
+            k = sum(p.shape[1] for p in parts)
+            full = np.zeros((n, k, k))
+            off = 0
+            for part in parts:
+                kk = part.shape[1]
+                full[:, off:off + kk, off:off + kk] = part
+                off += kk
+            joined[g] = full
+        return joined
+
+    @property
+    def ranef_se(self) -> dict[str, pd.DataFrame]:
+        """Conditional standard deviations of the BLUPs (sqrt of condVar diagonals)."""
+        return {g: pd.DataFrame(np.sqrt(np.diagonal(cv, axis1=1, axis2=2)),
+                                index=self.ranef[g].index, columns=self.ranef[g].columns)
+                for g, cv in self.ranef_condvar.items()}
+
+    # -- variance components ---------------------------------------------------------
+    @property
+    def covariances(self) -> list[np.ndarray]:
+        """Covariance matrix sigma^2 Lambda Lambda' of each term's random effects."""
+        return [self.sigma ** 2 * lam @ lam.T for lam in self._lambdas]
+
+    @functools.cached_property
+    def varcorr(self) -> pd.DataFrame:
+        """Rows as R's ``as.data.frame(VarCorr(m))``: grp, var1, var2, vcov, sdcor."""
+        rows = []
+        seen: dict[str, int] = {}
+        for t, cov in zip(self._design.terms, self.covariances):
+            count = seen.get(t.group_name, 0)
+            seen[t.group_name] = count + 1
+            grp = t.group_name if count == 0 else f"{t.group_name}.{count}"
+            sd = np.sqrt(np.diag(cov))
+            for j, name in enumerate(t.cnames):
+                rows.append((grp, name, None, cov[j, j], sd[j]))
+            for j in range(t.k):
+                for i in range(j + 1, t.k):
+                    denom = sd[i] * sd[j]
+                    corr = cov[i, j] / denom if denom > 0 else float("nan")
+                    rows.append((grp, t.cnames[j], t.cnames[i], cov[i, j], corr))
+        rows.append(("Residual", None, None, self.sigma ** 2, self.sigma))
+        cols = list(zip(*rows))
+        # object columns keep None (R's NA) distinct from names; pandas' string dtype
+        # would turn None into NaN.
+        return pd.DataFrame({
+            "grp": pd.Series(cols[0], dtype=object), "var1": pd.Series(cols[1], dtype=object),
+            "var2": pd.Series(cols[2], dtype=object),
+            "vcov": np.asarray(cols[3], dtype=float), "sdcor": np.asarray(cols[4], dtype=float)})
+
+    # -- fitted values and prediction -------------------------------------------------
+    def _linear_predictor(self, X, term_rows):
+        eta = X @ self._beta
+        for (codes, Z), b in zip(term_rows, self._b):
+            if codes is None:
+                continue
+            known = codes >= 0
+            contrib = np.zeros(len(eta))
+            contrib[known] = np.sum(Z[known] * b[codes[known]], axis=1)
+            eta = eta + contrib
+        return eta
+
+    @functools.cached_property
+    def fitted(self) -> pd.Series:
+        d = self._design
+        eta = self._linear_predictor(d.X, [(t.codes, t.Z) for t in d.terms])
+        return pd.Series(eta, index=d.row_index, name="fitted")
+
+    @property
+    def residuals(self) -> pd.Series:
+        return pd.Series(self._design.y - self.fitted.to_numpy(), index=self._design.row_index,
+                         name="residuals")
+
+    def predict(self, newdata: pd.DataFrame | None = None, re_form=None,
+                allow_new_levels: bool = False) -> pd.Series:
+        """Predictions for ``newdata`` (default: the fitted data).
+
+        ``re_form=None`` includes every random effect; ``"~0"`` (or ``"NA"``) gives
+        population-level predictions.  A level not seen in the fit contributes 0 (the
+        population mean) when ``allow_new_levels`` is True; otherwise it is an error.
+        """
+        include = _terms_in_re_form(re_form, self._design.terms)
+        if newdata is None:
+            if all(include):
+                return self.fitted.rename("predicted")
+            newdata_rows = self._design
+            X = newdata_rows.X
+            rows = [(t.codes, t.Z) if inc else (None, None)
+                    for t, inc in zip(self._design.terms, include)]
+            return pd.Series(self._linear_predictor(X, rows), index=self._design.row_index,
+                             name="predicted")
+        if not isinstance(newdata, pd.DataFrame):
+            raise TypeError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+        d = self._design
+        X = _build(d.x_design_info, newdata, "fixed effects")[:, d.x_perm][:, d.x_keep]
+        rows = []
+        for t, inc in zip(d.terms, include):
+            if not inc:
+                rows.append((None, None))
+                continue
+            Z = _build(t.design_info, newdata, f"random term ({t.expr} | {t.group_name})")
+            codes = _map_levels(t, newdata, allow_new_levels)
+            rows.append((codes, Z))
+        return pd.Series(self._linear_predictor(X, rows), index=newdata.index, name="predicted")
+
+    # -- presentation -----------------------------------------------------------------
+    def summary(self) -> "Summary":
+        from .summary import Summary
+        return Summary(self)
+
+    def __repr__(self) -> str:
+        return self.summary().text(correlation=False)
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
+
+
+def _build(info, data, what):
+    missing = [f for f in _factor_names(info) if f not in data.columns]
+    if missing:
+        raise ValueError(f"newdata lacks column(s) {missing} needed for the {what}")
+    try:
+        return np.asarray(patsy.build_design_matrices([info], data, NA_action="raise")[0],
+                          dtype=np.float64)
+    except patsy.PatsyError as err:
+        raise ValueError(f"cannot build the {what} for newdata: {err}") from None
+
+
+def _factor_names(info) -> list[str]:
+    from .formula import formula_variables
+    names: list[str] = []
+    for factor in info.factor_infos:
+        for nm in formula_variables(factor.code):
+            if nm not in names:
+                names.append(nm)
+    return names
+
+
+def _map_levels(term, newdata, allow_new_levels):
+    missing = [g for g in term.group if g not in newdata.columns]
+    if missing:
+        raise ValueError(f"newdata lacks grouping column(s) {missing} of term "
+                         f"({term.expr} | {term.group_name})")
+    lookup = {tuple(_key(v) for v in key): i for i, key in enumerate(term.level_keys)}
+    cols = [newdata[g].to_numpy() for g in term.group]
+    keys = [tuple(_key(c[i]) for c in cols) for i in range(len(newdata))]
+    codes = np.array([lookup.get(k, -1) for k in keys], dtype=np.int64)
+    if not allow_new_levels and (codes < 0).any():
+        new = sorted({":".join(map(str, k)) for k, c in zip(keys, codes) if c < 0})
+        raise ValueError(f"newdata has level(s) of {term.group_name!r} not in the fit: "
+                         f"{new[:10]}; pass allow_new_levels=True to predict them at the "
+                         "population level")
+    return codes
+
+
+def _key(value):
+    if isinstance(value, (np.integer, int)):
+        return str(int(value))
+    if isinstance(value, (np.floating, float)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _terms_in_re_form(re_form, terms) -> list[bool]:
+    if re_form is None:
+        return [True] * len(terms)
+    if isinstance(re_form, str):
+        text = re_form.replace(" ", "")
+        if text in ("~0", "NA", "~1", "0"):
+            return [False] * len(terms)
+        from .formula import parse_formula
+        parsed = parse_formula("y " + re_form.strip() if re_form.strip().startswith("~")
+                               else "y ~ " + re_form)
+        wanted = {(t.expr.replace(" ", ""), t.group_name) for t in parsed.random}
+        include = [(t.expr.replace(" ", ""), t.group_name) in wanted for t in terms]
+        unknown = wanted - {(t.expr.replace(" ", ""), t.group_name) for t in terms}
+        if unknown:
+            raise ValueError(f"re_form names random terms not in the model: {sorted(unknown)}")
+        return include
+    raise TypeError("re_form must be None or a formula string such as '~0'")
+
+
+# The conditional variances need the diagonal blocks of (Lambda'Z'Z Lambda + I)^-1.
+# With the blocked factor [[L11, 0], [W_Z', L_ZZ]] and P = (L_ZZ L_ZZ')^-1 these are
+#   first term, level a:  L11_a^-T (I + W_a P W_a') L11_a^-1
+#   later terms:          the diagonal blocks of P.
+@functools.partial(jax.jit, static_argnums=())
+def _condvar_blocks_jit(A: pls.PLSArrays, theta):
+    s = A.structure
+    F = pls.factor(theta, A)
+    qr = s.q_rest
+    k0, m0 = s.k[0], s.m[0]
+    eye = jnp.broadcast_to(jnp.eye(k0), (m0, k0, k0))
+    Linv11 = pls._forward_small(F.L11, eye)                       # L11^-1
+    blocks = []
+    if qr:
+        Lzz = jnp.linalg.cholesky(F.S[:qr, :qr])
+        Li = jax.scipy.linalg.solve_triangular(Lzz, jnp.eye(qr), lower=True)
+        P = Li.T @ Li
+        # The stored entries w_ent are unscaled by Lambda_rest: W P W' needs
+        # Lambda_rest P Lambda_rest'.
+        lams = pls.theta_to_lambdas(theta, s)
+        PL = pls._scale_rest(pls._scale_rest(P, [l.T for l in lams], s, "right"),
+                             [l.T for l in lams], s, "left")
+        outer = F.w_ent[A.pair_i][:, :, None] * F.w_ent[A.pair_j][:, None, :]
+        wpw = jax.ops.segment_sum(outer * PL[A.ent_c[A.pair_i], A.ent_c[A.pair_j]][:, None, None],
+                                  A.ent_a[A.pair_i], num_segments=m0)
+        first = jnp.swapaxes(Linv11, -1, -2) @ (eye + wpw) @ Linv11
+        blocks.append(first)
+        start = 0
+        for k, m in zip(s.k[1:], s.m[1:]):
+            idx = start + jnp.arange(m)[:, None] * k + jnp.arange(k)[None, :]
+            blocks.append(P[idx[:, :, None], idx[:, None, :]])
+            start += k * m
+    else:
+        blocks.append(jnp.swapaxes(Linv11, -1, -2) @ Linv11)
+    return blocks
+
+
+def _condvar_blocks(A, theta):
+    return _condvar_blocks_jit(A, jnp.asarray(theta))

@@ -1,0 +1,175 @@
+"""Text and HTML summaries of a fit, in the layout of lme4's ``summary.merMod``."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Summary"]
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    """Format like R's signif-based printing: ``digits`` significant digits."""
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "NA"
+    if x == 0:
+        return "0"
+    mag = int(np.floor(np.log10(abs(x))))
+    decimals = max(digits - 1 - mag, 0)
+    return f"{x:.{decimals}f}"
+
+
+def _table(rows: list[list[str]], header: list[str], align_left: set[int]) -> list[str]:
+    widths = [max(len(str(r[j])) for r in rows + [header]) for j in range(len(header))]
+    out = []
+    for r in [header] + rows:
+        cells = [str(c).ljust(w) if j in align_left else str(c).rjust(w)
+                 for j, (c, w) in enumerate(zip(r, widths))]
+        out.append(" " + " ".join(cells).rstrip())
+    return out
+
+
+class Summary:
+    """Summary of an :class:`~mixedjax.result.LMMResult`; ``print`` it or show it."""
+
+    def __init__(self, result):
+        self.result = result
+
+    # -- pieces -------------------------------------------------------------------------
+    def header(self) -> list[str]:
+        m = self.result
+        method = "REML" if m.reml else "maximum likelihood"
+        lines = [f"Linear mixed model fit by {method}",
+                 f"Formula: {m.formula}"]
+        if m.model.data_name:
+            lines.append(f"   Data: {m.model.data_name}")
+        lines.append("")
+        if m.reml:
+            lines.append(f"REML criterion at convergence: {m.objective:.1f}")
+        else:
+            stats = [("AIC", f"{m.aic:.1f}"), ("BIC", f"{m.bic:.1f}"),
+                     ("logLik", f"{m.loglik:.1f}"), ("deviance", f"{m.deviance:.1f}"),
+                     ("df.resid", f"{m.df_resid}")]
+            w = [max(len(a), len(b)) for a, b in stats]
+            lines.append(" ".join(a.rjust(x) for (a, _), x in zip(stats, w)))
+            lines.append(" ".join(b.rjust(x) for (_, b), x in zip(stats, w)))
+        return lines
+
+    def scaled_residuals(self) -> pd.Series:
+        r = self.result.residuals.to_numpy() / self.result.sigma
+        q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
+        return pd.Series(q, index=["Min", "1Q", "Median", "3Q", "Max"])
+
+    def random_effects_rows(self) -> list[list[str]]:
+        m = self.result
+        vc = m.varcorr
+        rows = []
+        for grp, block in vc.groupby("grp", sort=False):
+            if grp == "Residual":
+                continue
+            variances = block[block.var2.isna()]
+            corrs = block[block.var2.notna()]
+            names = list(variances.var1)
+            for i, (_, r) in enumerate(variances.iterrows()):
+                corr_cells = []
+                for j in range(i):
+                    c = corrs[(corrs.var1 == names[j]) & (corrs.var2 == names[i])].sdcor
+                    corr_cells.append(f"{c.iloc[0]:.2f}" if len(c) else "")
+                rows.append([grp if i == 0 else "", r.var1, _fmt(r.vcov), _fmt(r.sdcor),
+                             " ".join(corr_cells)])
+        rows.append(["Residual", "", _fmt(m.sigma ** 2), _fmt(m.sigma), ""])
+        return rows
+
+    def coef_table(self) -> pd.DataFrame:
+        m = self.result
+        est, se = m.fixef, m.stderr
+        return pd.DataFrame({"Estimate": est, "Std. Error": se, "t value": est / se})
+
+    def correlation(self) -> pd.DataFrame:
+        V = self.result.vcov.to_numpy()
+        sd = np.sqrt(np.diag(V))
+        return pd.DataFrame(V / np.outer(sd, sd), index=self.result.vcov.index,
+                            columns=self.result.vcov.columns)
+
+    def footnotes(self) -> list[str]:
+        m = self.result
+        notes = []
+        if m.n_dropped:
+            notes.append(f"{m.n_dropped} row(s) with missing values were dropped")
+        if m.singular:
+            notes.append("boundary (singular) fit: a variance is estimated as zero or a "
+                         "correlation as +-1")
+        if not m.converged:
+            notes.append(f"optimizer did not converge: {m.optinfo['message']}")
+        if m.model.design.aliased:
+            notes.append(f"fixed-effect model matrix is rank deficient; dropped "
+                         f"{m.model.design.aliased}")
+        return notes
+
+    # -- text ---------------------------------------------------------------------------
+    def text(self, correlation: bool = True) -> str:
+        m = self.result
+        lines = self.header()
+        lines.append("")
+        lines.append("Scaled residuals:")
+        sr = self.scaled_residuals()
+        cells = [f"{v:.4f}" for v in sr]
+        w = max(max(len(c) for c in cells), 7)
+        lines.append(" ".join(n.rjust(w) for n in sr.index))
+        lines.append(" ".join(c.rjust(w) for c in cells))
+        lines.append("")
+        lines.append("Random effects:")
+        lines += _table(self.random_effects_rows(),
+                        ["Groups", "Name", "Variance", "Std.Dev.", "Corr"], {0, 1, 4})
+        groups = ", ".join(f"{g}, {n}" for g, n in m.ngroups.items())
+        lines.append(f"Number of obs: {m.nobs}, groups:  {groups}")
+        if m.n_dropped:
+            lines.append(f"({m.n_dropped} observation(s) deleted due to missingness)")
+        lines.append("")
+        lines.append("Fixed effects:")
+        ct = self.coef_table()
+        rows = [[name, _fmt(r["Estimate"]), _fmt(r["Std. Error"]), f"{r['t value']:.2f}"]
+                for name, r in ct.iterrows()]
+        lines += _table(rows, ["", "Estimate", "Std. Error", "t value"], {0})
+        if correlation and len(ct) > 1:
+            lines.append("")
+            lines.append("Correlation of Fixed Effects:")
+            corr = self.correlation()
+            names = list(corr.index)
+            short = [n[:6] if n != "(Intercept)" else "(Intr)" for n in names]
+            rows = [[names[i]] + [f"{corr.iloc[i, j]:.3f}" for j in range(i)]
+                    for i in range(1, len(names))]
+            lines += _table(rows, [""] + short[:-1], {0})
+        notes = self.footnotes()
+        if notes:
+            lines.append("")
+            lines += [f"Note: {n}" for n in notes]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    # -- HTML ---------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        m = self.result
+        esc = html.escape
+        parts = [f"<div><b>{esc(self.header()[0])}</b><br>",
+                 f"<code>{esc(m.formula)}</code><br>"]
+        for line in self.header()[2:]:
+            if line:
+                parts.append(f"<pre style='margin:0'>{esc(line)}</pre>")
+        re_rows = self.random_effects_rows()
+        re_df = pd.DataFrame(re_rows, columns=["Groups", "Name", "Variance", "Std.Dev.", "Corr"])
+        parts.append("<p><b>Random effects</b></p>" + re_df.to_html(index=False))
+        groups = ", ".join(f"{esc(g)}: {n}" for g, n in m.ngroups.items())
+        parts.append(f"<p>Number of obs: {m.nobs}; groups: {groups}</p>")
+        parts.append("<p><b>Fixed effects</b></p>" + self.coef_table().to_html(float_format="%.4g"))
+        for n in self.footnotes():
+            parts.append(f"<p><i>Note: {esc(n)}</i></p>")
+        parts.append("</div>")
+        return "".join(parts)

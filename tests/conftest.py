@@ -1,0 +1,59 @@
+"""Shared fixtures: reference values from R (tests/reference) and data loading."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixedjax
+
+REF = Path(__file__).parent / "reference"
+
+
+def _load_json(name):
+    with open(REF / name) as fh:
+        return json.load(fh)
+
+
+LME4 = _load_json("lme4_reference.json")
+EXTRA = _load_json("lme4_extra_reference.json")
+
+
+def _cases():
+    with open(REF / "lme4_cases.tsv") as fh:
+        return {row["case"]: row for row in csv.DictReader(fh, delimiter="\t")}
+
+
+CASES = _cases()
+
+
+def case_data(name: str, factors, na_rows=None) -> pd.DataFrame:
+    """The data set as R saw it: listed columns as factors, optional NA rows (1-based)."""
+    df = mixedjax.datasets.load(name)
+    for col in factors:
+        df[col] = df[col].astype("category")
+    for col, rows in (na_rows or {}).items():
+        df[col] = df[col].astype(float)
+        df.loc[np.asarray(rows) - 1, col] = np.nan
+    return df
+
+
+def reference_fit(ref: dict):
+    """Fit the model a reference entry describes (formula, data, REML flag, factors)."""
+    df = case_data(ref["data"], ref["factors"], ref.get("na_rows"))
+    return mixedjax.lmer(ref["formula"], df, reml=bool(ref["reml"]))
+
+
+@pytest.fixture(scope="session")
+def sleepstudy():
+    return mixedjax.datasets.load("sleepstudy")
+
+
+@pytest.fixture(scope="session")
+def sleep_fit(sleepstudy):
+    return mixedjax.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy)
