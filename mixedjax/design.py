@@ -80,6 +80,15 @@ class Design:
         return self.X.shape[1]
 
 
+# Functions R formulas use, available by their R names (patsy would otherwise look
+# them up in the caller's namespace, where they rarely exist).
+_R_FUNCTIONS = {
+    "log": np.log, "log10": np.log10, "log2": np.log2, "log1p": np.log1p, "exp": np.exp,
+    "sqrt": np.sqrt, "abs": np.abs, "sin": np.sin, "cos": np.cos, "tan": np.tan,
+    "np": np,
+}
+_EVAL_ENV = patsy.EvalEnvironment([_R_FUNCTIONS])
+
 _PATSY_LEVEL = re.compile(r"^(?P<name>.*?)\[(?:T\.)?(?P<level>.*)\]$")
 
 
@@ -173,7 +182,7 @@ def _response(data: pd.DataFrame, expr: str) -> np.ndarray:
             raise TypeError(f"response {expr!r} must be numeric, got dtype {col.dtype}")
         return col.to_numpy(dtype=np.float64)
     try:
-        mat = patsy.dmatrix(f"0 + {expr}", data, NA_action="raise")
+        mat = patsy.dmatrix(f"0 + {expr}", data, NA_action="raise", eval_env=_EVAL_ENV)
     except patsy.PatsyError as err:
         raise ValueError(f"cannot evaluate response {expr!r}: {err}") from None
     if mat.shape[1] != 1:
@@ -185,7 +194,7 @@ def _response(data: pd.DataFrame, expr: str) -> np.ndarray:
 def _model_matrix(expr: str, data: pd.DataFrame, what: str):
     try:
         mat = patsy.dmatrix(quote_dotted(expr, data.columns), data, NA_action="raise",
-                            return_type="matrix")
+                            return_type="matrix", eval_env=_EVAL_ENV)
     except patsy.PatsyError as err:
         raise ValueError(f"cannot build the {what} model matrix from {expr!r}: "
                          f"{err.message if hasattr(err, 'message') else err}") from None
@@ -254,7 +263,7 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     """
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-    parsed = parse_formula(formula) if isinstance(formula, str) else formula
+    parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     if not parsed.random:
         raise ValueError(f"formula {parsed.formula!r} has no random-effects term such as "
                          "(1 | g); use an ordinary linear model for fixed effects only")
