@@ -22,6 +22,7 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 
 def _table(rows: list[list[str]], header: list[str], align_left: set[int]) -> list[str]:
+    rows = [list(r) + [""] * (len(header) - len(r)) for r in rows]  # ragged: lower triangle
     widths = [max(len(str(r[j])) for r in rows + [header]) for j in range(len(header))]
     out = []
     for r in [header] + rows:

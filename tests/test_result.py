@@ -163,3 +163,12 @@ def test_cli_default_fits_sleepstudy():
     out = subprocess.run([sys.executable, "-m", "mixedjax"], capture_output=True, text=True,
                          check=True)
     assert "REML criterion at convergence: 1743.6" in out.stdout
+
+
+@pytest.mark.parametrize("case", sorted(LME4))
+def test_summary_prints_for_every_reference_model(case):
+    from conftest import reference_fit
+    text = str(reference_fit(LME4[case]).summary())
+    assert "Fixed effects:" in text and "Random effects:" in text
+    if len(LME4[case]["fixef"]) > 2:
+        assert "Correlation of Fixed Effects:" in text
