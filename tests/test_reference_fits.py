@@ -110,4 +110,4 @@ def test_rank_deficient_columns_dropped():
     with pytest.warns(UserWarning, match="rank deficient"):
         m = reference_fit(ref)
     assert list(m.fixef.index) == list(ref["fixef"])
-    assert m.model.design.aliased == ["I(2*temp)"] or len(m.model.design.aliased) == 1
+    assert m.model.design.aliased == ref["dropped"]
