@@ -8,7 +8,6 @@ is never modified).  ``lmer`` does both in one call, as lme4's ``lmer``.
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from typing import NamedTuple

@@ -159,7 +159,7 @@ def build_arrays(terms, X: np.ndarray, y: np.ndarray, pad: bool = True) -> PLSAr
     structure = Structure(k=ks, m=ms, p=p)
 
     t0 = terms[0]
-    k0, m0 = ks[0], ms[0]
+    m0 = ms[0]
     z0 = t0.Z
     d1 = _group_sum(t0.codes, z0[:, :, None] * z0[:, None, :], m0)
     Xp = np.zeros((n, p))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,9 @@ import pandas as pd
 import patsy
 
 from . import pls
+
+if TYPE_CHECKING:
+    from .summary import Summary
 
 __all__ = ["LMMResult"]
 

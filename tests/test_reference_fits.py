@@ -9,7 +9,6 @@ slightly below lme4's.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

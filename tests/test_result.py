@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 
-import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,7 +87,7 @@ def test_condvar_equals_dense_posterior_covariance():
     df = mixedjax.datasets.load("penicillin")
     m = mixedjax.lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", df)
     d = m.model.design
-    n = d.n
+
     Z = np.hstack([np.eye(t.nlevels)[t.codes] for t in d.terms])
     lam = np.concatenate([np.full(t.nlevels, th) for t, th in zip(d.terms, m.theta)])
     ZL = Z * lam
