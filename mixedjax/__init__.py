@@ -20,7 +20,41 @@ from .result import LMMResult  # noqa: E402
 
 __version__ = "0.1.0"
 
+# Features beyond the core fit load on first use, so ``import mixedjax`` stays fast.
+_LAZY = {
+    "anova": "mixedjax.inference.lrt",
+    "pb_test": "mixedjax.simulate",
+    "simulate_design": "mixedjax.simulate",
+    "BatchResult": "mixedjax.simulate",
+    "power": "mixedjax.power",
+    "power_curve": "mixedjax.power",
+    "lme": "mixedjax.nlme",
+    "gls": "mixedjax.nlme",
+    "VarIdent": "mixedjax.nlme",
+    "VarPower": "mixedjax.nlme",
+    "VarExp": "mixedjax.nlme",
+    "CorAR1": "mixedjax.nlme",
+    "CorCAR1": "mixedjax.nlme",
+    "CorCompSymm": "mixedjax.nlme",
+    "CorSymm": "mixedjax.nlme",
+    "fit_fn": "mixedjax.fitfn",
+    "FitParams": "mixedjax.fitfn",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mixedjax' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "LMM", "LMMResult", "lmer", "ConvergenceWarning", "datasets", "parse_formula",
     "ParsedFormula", "RandomTerm", "make_design", "Design", "profiled_objective",
+    *_LAZY,
 ]

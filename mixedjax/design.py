@@ -11,13 +11,13 @@ order), so ``theta`` has lme4's layout.  The encodings needed to build ``X`` and
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import patsy
 
+from ._warn import warn_user
 from .formula import ParsedFormula, RandomTerm, formula_variables, parse_formula, quote_dotted
 
 __all__ = ["ReTerm", "Design", "make_design", "r_column_name"]
@@ -70,6 +70,14 @@ class Design:
     aliased: list[str] = field(default_factory=list)
     response_name: str = ""
     row_index: pd.Index = field(repr=False, default=None)
+    # Prior (case) weights and an offset, one per kept row; None when not given.
+    weights: np.ndarray | None = field(repr=False, default=None)
+    offset: np.ndarray | None = field(repr=False, default=None)
+    weights_name: str | None = None
+    offset_name: str | None = None
+    # The model frame (used columns, complete rows): inference rebuilds per-term
+    # codings and reference grids from it, as R's model.frame(model).
+    frame: pd.DataFrame | None = field(repr=False, default=None)
 
     @property
     def n(self) -> int:
@@ -255,11 +263,36 @@ def _check_finite(data: pd.DataFrame, used: list[str]) -> None:
                                  f"(rows {rows}); remove or replace them before fitting")
 
 
-def make_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
+def _row_values(data: pd.DataFrame, spec, what: str) -> tuple[np.ndarray | None, str | None]:
+    """``weights=``/``offset=`` given as a column name or as one value per row of data."""
+    if spec is None:
+        return None, None
+    if isinstance(spec, str):
+        if spec not in data.columns:
+            raise ValueError(f"{what} column {spec!r} not found in data; "
+                             f"available columns: {list(data.columns)}")
+        col = data[spec]
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            raise TypeError(f"{what} column {spec!r} must be numeric, got dtype {col.dtype}")
+        return col.to_numpy(dtype=np.float64), spec
+    values = np.asarray(spec)
+    if values.ndim != 1 or len(values) != len(data):
+        raise ValueError(f"{what} must be a column name or have one value per row of data "
+                         f"({len(data)}), got shape {values.shape}")
+    if not np.issubdtype(values.dtype, np.number) or values.dtype == bool:
+        raise TypeError(f"{what} must be numeric, got dtype {values.dtype}")
+    return values.astype(np.float64), None
+
+
+def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
+                offset=None) -> Design:
     """Build the :class:`Design` of an lme4 formula on a DataFrame.
 
-    Rows with a missing value in any column the model uses are dropped (the count is
-    kept in ``n_dropped``); aliased fixed-effect columns are dropped with a warning.
+    Rows with a missing value in any column the model uses (or in ``weights`` or
+    ``offset``) are dropped (the count is kept in ``n_dropped``); aliased
+    fixed-effect columns are dropped with a warning.  ``weights`` are lme4's prior
+    weights (residual variance sigma^2 / w_i), ``offset`` a known term added to the
+    linear predictor; each is a column name or an array with one value per row.
     """
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
@@ -268,14 +301,25 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         raise ValueError(f"formula {parsed.formula!r} has no random-effects term such as "
                          "(1 | g); use an ordinary linear model for fixed effects only")
     used = _check_columns(data, parsed)
+    w_all, w_name = _row_values(data, weights, "weights")
+    off_all, off_name = _row_values(data, offset, "offset")
     sub = data[used]
     complete = ~sub.isna().any(axis=1).to_numpy()
+    for extra in (w_all, off_all):
+        if extra is not None:
+            complete &= ~np.isnan(extra)
     n_dropped = int((~complete).sum())
     if not complete.any():
         raise ValueError(f"no rows left after dropping {n_dropped} row(s) with missing "
                          f"values in columns {used}")
     sub = sub.loc[complete]
     _check_finite(sub, used)
+    w = None if w_all is None else w_all[complete]
+    off = None if off_all is None else off_all[complete]
+    if w is not None and not (np.all(np.isfinite(w)) and np.all(w > 0)):
+        raise ValueError("weights must be finite and positive")
+    if off is not None and not np.all(np.isfinite(off)):
+        raise ValueError("offset has infinite values")
     # Categorical columns keep only the categories present, as R's factors in a fit do.
     sub = sub.copy()
     for name in used:
@@ -290,8 +334,8 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     keep = _independent_columns(X_full) if X_full.shape[1] else np.zeros(0, bool)
     aliased = [nm for nm, k in zip(xnames_full, keep) if not k]
     if aliased:
-        warnings.warn(f"fixed-effect model matrix is rank deficient: dropping "
-                      f"{len(aliased)} column(s) {aliased}", stacklevel=3)
+        warn_user(f"fixed-effect model matrix is rank deficient: dropping "
+                  f"{len(aliased)} column(s) {aliased}")
     X = X_full[:, keep]
     xnames = [nm for nm, k in zip(xnames_full, keep) if k]
     n = len(y)
@@ -306,7 +350,8 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         raise ValueError(f"the model has {nparam} parameters but only {n} observations")
     return Design(formula=parsed, y=y, X=X, xnames=xnames, terms=terms, n_dropped=n_dropped,
                   x_design_info=x_info, x_perm=x_perm, x_keep=keep, aliased=aliased,
-                  response_name=parsed.response, row_index=sub.index)
+                  response_name=parsed.response, row_index=sub.index, weights=w, offset=off,
+                  weights_name=w_name, offset_name=off_name, frame=sub)
 
 
 def _make_term(term: RandomTerm, data: pd.DataFrame, n: int) -> ReTerm:

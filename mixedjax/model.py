@@ -8,8 +8,8 @@ is never modified).  ``lmer`` does both in one call, as lme4's ``lmer``.
 
 from __future__ import annotations
 
+import functools
 import time
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import pls
+from ._warn import warn_user
 from .design import Design, make_design
 from .optimize import NewtonResult, newton_minimize
 
@@ -75,16 +76,29 @@ class LMM:
                  data_name: str | None = None):
         self.design = design
         self.reml = bool(reml)
-        self.arrays = pls.build_arrays(design.terms, design.X, design.y, pad=pad)
+        self.pad = bool(pad)
+        self.arrays = pls.build_arrays(design.terms, design.X, design.y, pad=pad,
+                                       weights=design.weights, offset=design.offset)
         self.data_name = data_name
 
     @classmethod
     def from_formula(cls, formula: str, data: pd.DataFrame, reml: bool = True,
-                     pad: bool = True) -> "LMM":
-        """Build the model: parse, drop incomplete rows, precompute the blocks."""
-        design = make_design(formula, data)
+                     pad: bool = True, weights=None, offset=None) -> "LMM":
+        """Build the model: parse, drop incomplete rows, precompute the blocks.
+
+        ``weights``: prior weights as lme4's ``weights=`` (residual variance
+        sigma^2 / w_i); ``offset``: a known term added to the linear predictor.  Each
+        is a column name of ``data`` or an array with one value per row.
+        """
+        design = make_design(formula, data, weights=weights, offset=offset)
         name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
         return cls(design, reml=reml, pad=pad, data_name=name)
+
+    @functools.cached_property
+    def response_map(self) -> pls.ResponseMap:
+        """Maps a new response vector to :attr:`arrays` (see :func:`pls.with_response`)."""
+        d = self.design
+        return pls.response_map(d.terms, d.X, pad=self.pad, weights=d.weights, offset=d.offset)
 
     # -- the criterion -----------------------------------------------------------
     @property
@@ -143,10 +157,10 @@ class LMM:
         elapsed = time.perf_counter() - t0
         result = LMMResult(self, out, theta0=theta0, elapsed=elapsed)
         if not result.converged:
-            warnings.warn(
+            warn_user(
                 f"the optimizer did not converge ({result.optinfo['message']}); "
                 f"gradient max |g| = {result.optinfo['grad_max']:.2e} after "
-                f"{result.optinfo['iterations']} iterations", ConvergenceWarning, stacklevel=2)
+                f"{result.optinfo['iterations']} iterations", ConvergenceWarning)
         return result
 
     def __repr__(self) -> str:
@@ -156,7 +170,7 @@ class LMM:
 
 
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True, theta0=None,
-         max_iter: int = 200):
+         max_iter: int = 200, weights=None, offset=None):
     """Fit a linear mixed model by REML (default) or ML, as lme4's ``lmer``.
 
     >>> import mixedjax
@@ -165,4 +179,5 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, theta0=None,
     >>> round(m.objective, 3)
     1743.628
     """
-    return LMM.from_formula(formula, data, reml=reml).fit(theta0=theta0, max_iter=max_iter)
+    model = LMM.from_formula(formula, data, reml=reml, weights=weights, offset=offset)
+    return model.fit(theta0=theta0, max_iter=max_iter)

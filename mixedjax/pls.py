@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["Structure", "PLSArrays", "build_arrays", "objective", "solve", "theta_to_lambdas",
-           "initial_theta", "rectify_theta", "lower_bounds"]
+           "initial_theta", "rectify_theta", "lower_bounds", "ResponseMap", "response_map",
+           "with_response"]
 
 
 # ----------------------------------------------------------------------------------
@@ -89,10 +90,12 @@ class PLSArrays:
       pair_i, pair_j (P,) all ordered pairs of entries with the same level.
     Later terms (dense): rzz (qr, qr), rzx (qr, p), rzy (qr,).
     Fixed effects: xtx (p, p), xty (p,), yty ().  n, p: real sizes (floats).
+    ldw: sum of log prior weights (0 without weights).  With weights every row of
+    [Z X y] is multiplied by sqrt(w_i) (and y has the offset subtracted first).
     """
 
     fields = ("d1", "b1x", "b1y", "ent_a", "ent_c", "ent_v", "pair_i", "pair_j",
-              "rzz", "rzx", "rzy", "xtx", "xty", "yty", "n", "p")
+              "rzz", "rzx", "rzy", "xtx", "xty", "yty", "n", "p", "ldw")
 
     def __init__(self, structure: Structure, **arrays):
         self.structure = structure
@@ -142,43 +145,68 @@ def _group_sum(codes: np.ndarray, values: np.ndarray, m: int) -> np.ndarray:
     return out
 
 
-def build_arrays(terms, X: np.ndarray, y: np.ndarray, pad: bool = True) -> PLSArrays:
-    """Precompute the blocks of [Z X y]'[Z X y] for :func:`objective`.
+class _Scaled(NamedTuple):
+    codes: np.ndarray
+    Z: np.ndarray
+    nlevels: int
 
-    ``terms``: sequence with ``codes`` (n,), ``Z`` (n, k) and ``nlevels``, in lme4
-    order.  ``pad`` rounds level counts and p up to buckets (zero blocks factor
-    to identity and leave the criterion unchanged) so similar designs share
-    compiled code.
-    """
+
+def _weighted(terms, X, y, weights, offset):
+    """Rows of [Z X y] scaled by sqrt(prior weight), y less its offset (lme4's
+    weighted PLS problem, Bates et al. 2015, JSS 67(1), section 3.2)."""
+    y = np.asarray(y, np.float64)
+    if offset is not None:
+        y = y - offset
+    if weights is None:
+        return [_Scaled(t.codes, t.Z, t.nlevels) for t in terms], X, y
+    sw = np.sqrt(np.asarray(weights, np.float64))
+    return ([_Scaled(t.codes, t.Z * sw[:, None], t.nlevels) for t in terms],
+            X * sw[:, None], y * sw)
+
+
+def _layout(terms, X, pad):
+    """Static structure, padded X and the Z_rest column index of each row's entries."""
     n, p_real = X.shape
     ks = tuple(t.Z.shape[1] for t in terms)
-    ms_real = tuple(t.nlevels for t in terms)
     rb = bucket if pad else (lambda s: max(s, 1))
-    ms = tuple(rb(m) for m in ms_real)
+    ms = tuple(rb(t.nlevels) for t in terms)
     p = rb(p_real) if p_real else 0
-    structure = Structure(k=ks, m=ms, p=p)
-
-    t0 = terms[0]
-    m0 = ms[0]
-    z0 = t0.Z
-    d1 = _group_sum(t0.codes, z0[:, :, None] * z0[:, None, :], m0)
     Xp = np.zeros((n, p))
     Xp[:, :p_real] = X
-    b1x = _group_sum(t0.codes, z0[:, :, None] * Xp[:, None, :], m0)
-    b1y = _group_sum(t0.codes, z0 * y[:, None], m0)
-
     # Columns of Z_rest: term t, level b, column j -> offset_t + b * k_t + j.
     offsets = np.cumsum([0] + [k * m for k, m in zip(ks[1:], ms[1:])])
-    qr = int(offsets[-1])
-    rest_cols = []  # per later term: (n, k_t) column indices of each row's entries
-    for t, off in zip(terms[1:], offsets[:-1]):
-        rest_cols.append(off + t.codes[:, None] * t.Z.shape[1] + np.arange(t.Z.shape[1]))
+    rest_cols = [off + t.codes[:, None] * t.Z.shape[1] + np.arange(t.Z.shape[1])
+                 for t, off in zip(terms[1:], offsets[:-1])]
     if rest_cols:
         cols = np.concatenate(rest_cols, axis=1)              # (n, sum k_t)
         zvals = np.concatenate([t.Z for t in terms[1:]], axis=1)
     else:
         cols = np.zeros((n, 0), dtype=np.int64)
         zvals = np.zeros((n, 0))
+    return Structure(k=ks, m=ms, p=p), Xp, cols, zvals
+
+
+def build_arrays(terms, X: np.ndarray, y: np.ndarray, pad: bool = True, weights=None,
+                 offset=None) -> PLSArrays:
+    """Precompute the blocks of [Z X y]'[Z X y] for :func:`objective`.
+
+    ``terms``: sequence with ``codes`` (n,), ``Z`` (n, k) and ``nlevels``, in lme4
+    order.  ``pad`` rounds level counts and p up to buckets (zero blocks factor
+    to identity and leave the criterion unchanged) so similar designs share
+    compiled code.  ``weights`` (prior weights) and ``offset`` are optional, one
+    value per row.
+    """
+    p_real = X.shape[1]
+    n = len(y)
+    terms, X, y = _weighted(terms, X, y, weights, offset)
+    structure, Xp, cols, zvals = _layout(terms, X, pad)
+    m0, qr, p = structure.m[0], structure.q_rest, structure.p
+
+    t0 = terms[0]
+    z0 = t0.Z
+    d1 = _group_sum(t0.codes, z0[:, :, None] * z0[:, None, :], m0)
+    b1x = _group_sum(t0.codes, z0[:, :, None] * Xp[:, None, :], m0)
+    b1y = _group_sum(t0.codes, z0 * y[:, None], m0)
 
     # Entries of Z0' Z_rest: key (level of term 0, rest column).
     ent_a, ent_c, ent_v = _entries(t0.codes, z0, cols, zvals, qr)
@@ -199,6 +227,7 @@ def build_arrays(terms, X: np.ndarray, y: np.ndarray, pad: bool = True) -> PLSAr
     xtx = Xp.T @ Xp
     # Padded X columns get a unit diagonal: they factor to 1 and add nothing.
     xtx[np.arange(p_real, p), np.arange(p_real, p)] = 1.0
+    ldw = 0.0 if weights is None else float(np.sum(np.log(weights)))
 
     as_f = lambda a: jnp.asarray(a, dtype=jnp.float64)
     as_i = lambda a: jnp.asarray(a, dtype=jnp.int32)
@@ -209,8 +238,56 @@ def build_arrays(terms, X: np.ndarray, y: np.ndarray, pad: bool = True) -> PLSAr
         pair_i=as_i(pair_i), pair_j=as_i(pair_j),
         rzz=as_f(rzz), rzx=as_f(rzx), rzy=as_f(rzy),
         xtx=as_f(xtx), xty=as_f(Xp.T @ y), yty=as_f(y @ y),
-        n=as_f(n), p=as_f(p_real),
+        n=as_f(n), p=as_f(p_real), ldw=as_f(ldw),
     )
+
+
+class ResponseMap(NamedTuple):
+    """What maps a response vector y to the response parts of :class:`PLSArrays`.
+
+    Only Z'y, X'y and y'y depend on y (DESIGN.md section 2), so a simulation study
+    with a fixed design refits from these sums alone.  Rows are already scaled by
+    sqrt(prior weight); ``offset`` is subtracted from y first.
+    """
+
+    codes0: jax.Array      # (n,) level of the first term
+    z0: jax.Array          # (n, k0)
+    rest_cols: jax.Array   # (n, K) Z_rest column of each row's entries
+    rest_z: jax.Array      # (n, K)
+    X: jax.Array           # (n, p) padded
+    sqrtw: jax.Array       # (n,)
+    offset: jax.Array      # (n,)
+
+
+def response_map(terms, X: np.ndarray, pad: bool = True, weights=None,
+                 offset=None) -> ResponseMap:
+    """The :class:`ResponseMap` of a design (same layout as :func:`build_arrays`)."""
+    n = X.shape[0]
+    sw = np.ones(n) if weights is None else np.sqrt(np.asarray(weights, np.float64))
+    off = np.zeros(n) if offset is None else np.asarray(offset, np.float64)
+    terms, X, _ = _weighted(terms, X, np.zeros(n), weights, None)
+    _, Xp, cols, zvals = _layout(terms, X, pad)
+    as_f = lambda a: jnp.asarray(a, dtype=jnp.float64)
+    return ResponseMap(codes0=jnp.asarray(terms[0].codes, jnp.int32), z0=as_f(terms[0].Z),
+                       rest_cols=jnp.asarray(cols, jnp.int32), rest_z=as_f(zvals),
+                       X=as_f(Xp), sqrtw=as_f(sw), offset=as_f(off))
+
+
+def with_response(A: PLSArrays, R: ResponseMap, y) -> PLSArrays:
+    """``A`` with its response parts (Z'y, X'y, y'y) recomputed for response ``y``.
+
+    Pure jnp and O(n) per call: ``jax.vmap(with_response, (None, None, 0))`` maps a
+    matrix of simulated responses to a batch of arrays for :func:`objective`.
+    """
+    s = A.structure
+    yw = (jnp.asarray(y, jnp.float64) - R.offset) * R.sqrtw
+    b1y = jax.ops.segment_sum(R.z0 * yw[:, None], R.codes0, num_segments=s.m[0])
+    if s.q_rest:
+        rzy = jax.ops.segment_sum((R.rest_z * yw[:, None]).reshape(-1),
+                                  R.rest_cols.reshape(-1), num_segments=s.q_rest)
+    else:
+        rzy = A.rzy
+    return A.replace(b1y=b1y, rzy=rzy, xty=R.X.T @ yw, yty=yw @ yw)
 
 
 def _entries(codes0, z0, cols, zvals, qr):
@@ -519,7 +596,9 @@ def objective(theta, A: PLSArrays, reml: bool = True):
 
 def _criterion(logdet_z, logdet_x, pwrss, A: PLSArrays, reml: bool):
     dof = A.n - A.p if reml else A.n
-    value = logdet_z + dof * (1.0 + jnp.log(2.0 * math.pi * pwrss / dof))
+    # Prior weights scale the residual covariance to sigma^2 W^-1, whose log
+    # determinant contributes -sum(log w) (lme4's ldW).
+    value = logdet_z + dof * (1.0 + jnp.log(2.0 * math.pi * pwrss / dof)) - A.ldw
     return value + logdet_x if reml else value
 
 

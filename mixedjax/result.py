@@ -242,8 +242,10 @@ class LMMResult:
             "vcov": np.asarray(cols[3], dtype=float), "sdcor": np.asarray(cols[4], dtype=float)})
 
     # -- fitted values and prediction -------------------------------------------------
-    def _linear_predictor(self, X, term_rows):
+    def _linear_predictor(self, X, term_rows, offset=None):
         eta = X @ self._beta
+        if offset is not None:
+            eta = eta + offset
         for (codes, Z), b in zip(term_rows, self._b):
             if codes is None:
                 continue
@@ -256,7 +258,7 @@ class LMMResult:
     @functools.cached_property
     def fitted(self) -> pd.Series:
         d = self._design
-        eta = self._linear_predictor(d.X, [(t.codes, t.Z) for t in d.terms])
+        eta = self._linear_predictor(d.X, [(t.codes, t.Z) for t in d.terms], d.offset)
         return pd.Series(eta, index=d.row_index, name="fitted")
 
     @property
@@ -280,8 +282,8 @@ class LMMResult:
             X = newdata_rows.X
             rows = [(t.codes, t.Z) if inc else (None, None)
                     for t, inc in zip(self._design.terms, include)]
-            return pd.Series(self._linear_predictor(X, rows), index=self._design.row_index,
-                             name="predicted")
+            return pd.Series(self._linear_predictor(X, rows, self._design.offset),
+                             index=self._design.row_index, name="predicted")
         if not isinstance(newdata, pd.DataFrame):
             raise TypeError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
         d = self._design
@@ -294,12 +296,77 @@ class LMMResult:
             Z = _build(t.design_info, newdata, f"random term ({t.expr} | {t.group_name})")
             codes = _map_levels(t, newdata, allow_new_levels)
             rows.append((codes, Z))
-        return pd.Series(self._linear_predictor(X, rows), index=newdata.index, name="predicted")
+        # An offset given as a column is taken from newdata; one given as an array
+        # belongs to the fitted rows only and is left out, as lme4's predict does.
+        offset = None
+        if d.offset_name is not None:
+            if d.offset_name not in newdata.columns:
+                raise ValueError(f"newdata lacks the offset column {d.offset_name!r}")
+            offset = newdata[d.offset_name].to_numpy(dtype=np.float64)
+        return pd.Series(self._linear_predictor(X, rows, offset), index=newdata.index,
+                         name="predicted")
+
+    # -- inference (mixedjax.inference) ------------------------------------------------
+    # Thin methods: the computations live in their own modules, imported on first use.
+    def coef_table(self, ddf: str | None = "Satterthwaite") -> pd.DataFrame:
+        """Fixed-effects table with small-sample df (see :mod:`mixedjax.inference.tables`)."""
+        from .inference.tables import coef_table
+        return coef_table(self, ddf=ddf)
+
+    def anova(self, type: int = 3, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """F tests per fixed-effects term, as lmerTest's ``anova``."""
+        from .inference.tables import anova_table
+        return anova_table(self, type=type, ddf=ddf)
+
+    def test_contrast(self, L, ddf: str = "Satterthwaite", rhs=None) -> pd.DataFrame:
+        """F (or t) test of ``L beta = rhs`` for a contrast matrix ``L``."""
+        from .inference.tables import test_contrast
+        return test_contrast(self, L, ddf=ddf, rhs=rhs)
+
+    def emmeans(self, specs, by=None, ddf: str = "Satterthwaite", adjust: str = "tukey",
+                level: float = 0.95):
+        """Estimated marginal means and pairwise contrasts, as R's emmeans."""
+        from .inference.emmeans import emmeans
+        return emmeans(self, specs, by=by, ddf=ddf, adjust=adjust, level=level)
+
+    def ranova(self) -> pd.DataFrame:
+        """Likelihood-ratio test of each random-effects term, as lmerTest's ``ranova``."""
+        from .inference.lrt import ranova
+        return ranova(self)
+
+    def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
+        """Confidence intervals for every parameter, named as lme4's ``confint``."""
+        from .inference.confint import confint
+        return confint(self, method=method, level=level, **kwargs)
+
+    # -- simulation (mixedjax.simulate) -------------------------------------------------
+    def simulate(self, nsim: int = 1, key=None, params=None, **kwargs):
+        """Responses drawn from the fitted model, as lme4's ``simulate``."""
+        from .simulate import simulate
+        return simulate(self, nsim=nsim, key=key, params=params, **kwargs)
+
+    def refit_many(self, Y, **kwargs):
+        """Fit this design to every row of ``Y`` (nsim x n) in one compiled call."""
+        from .simulate import refit_many
+        return refit_many(self, Y, **kwargs)
+
+    def bootstrap(self, nsim: int, key=None, **kwargs):
+        """Parametric bootstrap, as MixedModels.jl's ``parametricbootstrap``."""
+        from .simulate import bootstrap
+        return bootstrap(self, nsim=nsim, key=key, **kwargs)
+
+    # -- sensitivity (mixedjax.influence) -----------------------------------------------
+    def influence(self, groups=None, exact: bool = False, **kwargs):
+        """Leverage, Cook's distance and DFBETAS by observation or by group."""
+        from .influence import influence
+        return influence(self, groups=groups, exact=exact, **kwargs)
 
     # -- presentation -----------------------------------------------------------------
-    def summary(self) -> "Summary":
+    def summary(self, ddf: str | None = None) -> "Summary":
+        """lme4-style summary; ``ddf`` ("Satterthwaite", "Kenward-Roger", ...) adds df
+        and p-values to the fixed-effects table as lmerTest's summary does."""
         from .summary import Summary
-        return Summary(self)
+        return Summary(self, ddf=ddf)
 
     def __repr__(self) -> str:
         return self.summary().text(correlation=False)

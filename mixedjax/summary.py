@@ -35,8 +35,9 @@ def _table(rows: list[list[str]], header: list[str], align_left: set[int]) -> li
 class Summary:
     """Summary of an :class:`~mixedjax.result.LMMResult`; ``print`` it or show it."""
 
-    def __init__(self, result):
+    def __init__(self, result, ddf: str | None = None):
         self.result = result
+        self.ddf = ddf
 
     # -- pieces -------------------------------------------------------------------------
     def header(self) -> list[str]:
@@ -60,6 +61,9 @@ class Summary:
 
     def scaled_residuals(self) -> pd.Series:
         r = self.result.residuals.to_numpy() / self.result.sigma
+        w = self.result.model.design.weights
+        if w is not None:   # Pearson residuals, as lme4's summary
+            r = r * np.sqrt(w)
         q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
         return pd.Series(q, index=["Min", "1Q", "Median", "3Q", "Max"])
 

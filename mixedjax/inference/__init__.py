@@ -1,0 +1,2 @@
+"""Inference after a fit: small-sample df (Satterthwaite, Kenward-Roger), F tests,
+likelihood-ratio tests, confidence intervals and estimated marginal means."""
