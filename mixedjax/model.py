@@ -20,7 +20,7 @@ import pandas as pd
 from . import pls
 from ._warn import warn_user
 from .design import Design, make_design
-from .optimize import NewtonResult, newton_minimize
+from .optimize import NewtonResult, bfgs_minimize, newton_minimize
 
 __all__ = ["LMM", "lmer", "ConvergenceWarning"]
 
@@ -49,18 +49,37 @@ def rectify(theta, structure: pls.Structure):
     return jnp.concatenate(parts)
 
 
-def fit_arrays(theta0, A: pls.PLSArrays, reml: bool = True, max_iter: int = 200) -> FitOutput:
-    """Fit theta by Newton from ``theta0`` and solve for beta, u, sigma at the optimum.
+# Above this many columns in the dense "rest" block, an exact Hessian per iteration
+# (several dense inverses per parameter) costs far more than the few extra gradient
+# iterations BFGS takes, so "auto" switches to BFGS.
+DENSE_REST_FOR_BFGS = 400
+OPTIMIZERS = ("newton", "bfgs")
 
-    Pure and jit/vmap-compatible: ``jax.vmap(fit_arrays, (None, 0))`` fits a batch
-    of responses that share one design.
+
+def choose_optimizer(structure: pls.Structure, optimizer: str = "auto") -> str:
+    """Resolve ``optimizer="auto"`` to "newton" or "bfgs" for a model structure."""
+    if optimizer == "auto":
+        return "bfgs" if structure.q_rest > DENSE_REST_FOR_BFGS else "newton"
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be 'auto' or one of {OPTIMIZERS}, got {optimizer!r}")
+    return optimizer
+
+
+def fit_arrays(theta0, A: pls.PLSArrays, reml: bool = True, max_iter: int = 200,
+               optimizer: str = "newton") -> FitOutput:
+    """Fit theta from ``theta0`` and solve for beta, u, sigma at the optimum.
+
+    ``optimizer``: "newton" (exact Hessian) or "bfgs" (exact gradients).  Pure and
+    jit/vmap-compatible: ``jax.vmap(fit_arrays, (None, 0))`` fits a batch of
+    responses that share one design.
     """
-    opt = newton_minimize(pls.objective, theta0, A, reml, max_iter=max_iter)
+    minimize = bfgs_minimize if optimizer == "bfgs" else newton_minimize
+    opt = minimize(pls.objective, theta0, A, reml, max_iter=max_iter)
     theta = rectify(opt.x, A.structure)
     return FitOutput(opt=opt, theta=theta, solution=pls.solve(theta, A, reml))
 
 
-_fit_jit = jax.jit(fit_arrays, static_argnames=("reml", "max_iter"))
+_fit_jit = jax.jit(fit_arrays, static_argnames=("reml", "max_iter", "optimizer"))
 _objective_jit = jax.jit(pls.objective, static_argnames=("reml",))
 
 
@@ -144,18 +163,26 @@ class LMM:
         return pls.initial_theta(self.structure)
 
     # -- fitting -------------------------------------------------------------------
-    def fit(self, theta0=None, max_iter: int = 200):
-        """Minimize the criterion and return an :class:`~mixedjax.result.LMMResult`."""
+    def fit(self, theta0=None, max_iter: int = 200, optimizer: str = "auto"):
+        """Minimize the criterion and return an :class:`~mixedjax.result.LMMResult`.
+
+        ``optimizer``: "newton" (exact Hessian each iteration), "bfgs" (exact
+        gradients; cheaper per iteration for crossed designs with a large dense
+        block) or "auto" (BFGS when that block has more than
+        ``DENSE_REST_FOR_BFGS`` columns).
+        """
         from .result import LMMResult
 
+        optimizer = choose_optimizer(self.structure, optimizer)
         theta0 = self.initial_theta() if theta0 is None else np.asarray(theta0, np.float64)
         if theta0.shape != (self.ntheta,):
             raise ValueError(f"theta0 must have {self.ntheta} entries, got {theta0.shape}")
         t0 = time.perf_counter()
-        out = _fit_jit(jnp.asarray(theta0), self.arrays, reml=self.reml, max_iter=max_iter)
+        out = _fit_jit(jnp.asarray(theta0), self.arrays, reml=self.reml, max_iter=max_iter,
+                       optimizer=optimizer)
         out = jax.tree_util.tree_map(np.asarray, out)
         elapsed = time.perf_counter() - t0
-        result = LMMResult(self, out, theta0=theta0, elapsed=elapsed)
+        result = LMMResult(self, out, theta0=theta0, elapsed=elapsed, optimizer=optimizer)
         if not result.converged:
             warn_user(
                 f"the optimizer did not converge ({result.optinfo['message']}); "

@@ -31,6 +31,7 @@ With L the factor of M, r = L[-1, -1] and pwrss = r^2 (JSS eq. 34):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ class Structure:
     k: tuple[int, ...]
     m: tuple[int, ...]
     p: int
+    # True when the first term's coupling to the rest is too dense for pair lists
+    # (see PAIR_LIMIT): the Schur update is then a dense product.
+    dense_w: bool = False
 
     @property
     def ntheta(self) -> int:
@@ -145,6 +149,15 @@ def _group_sum(codes: np.ndarray, values: np.ndarray, m: int) -> np.ndarray:
     return out
 
 
+# The Schur update of the rest block sums over all pairs of entries that share a
+# first-term level: sum over levels of (entries per level)^2 pairs.  That is cheap
+# for InstEval-like data (~5e6 pairs) but not for MovieLens-like data (users with
+# thousands of ratings: ~4e8 pairs, gigabytes of indices).  Beyond this many pairs
+# the update is computed as a dense product W'W with W (m0 k0 x q_rest), whose
+# memory is bounded by the dense rest block's size times m0 k0 / q_rest.
+PAIR_LIMIT = 50_000_000
+
+
 class _Scaled(NamedTuple):
     codes: np.ndarray
     Z: np.ndarray
@@ -210,9 +223,18 @@ def build_arrays(terms, X: np.ndarray, y: np.ndarray, pad: bool = True, weights=
 
     # Entries of Z0' Z_rest: key (level of term 0, rest column).
     ent_a, ent_c, ent_v = _entries(t0.codes, z0, cols, zvals, qr)
-    pair_i, pair_j = _pairs(ent_a)
-    if pad:
-        ent_a, ent_c, ent_v, pair_i, pair_j = _pad_entries(ent_a, ent_c, ent_v, pair_i, pair_j)
+    counts = np.bincount(ent_a, minlength=1) if len(ent_a) else np.zeros(1, np.int64)
+    if int(np.sum(counts.astype(np.int64) ** 2)) > PAIR_LIMIT:
+        structure = dataclasses.replace(structure, dense_w=True)
+        pair_i = pair_j = np.zeros(0, np.int64)
+        if pad:
+            ent_a, ent_c, ent_v, _, _ = _pad_entries(ent_a, ent_c, ent_v, pair_i, pair_j)
+        pair_i = pair_j = np.zeros(0, np.int64)
+    else:
+        pair_i, pair_j = _pairs(ent_a)
+        if pad:
+            ent_a, ent_c, ent_v, pair_i, pair_j = _pad_entries(ent_a, ent_c, ent_v, pair_i,
+                                                               pair_j)
 
     rzz = np.zeros((qr, qr))
     if qr:
@@ -484,6 +506,13 @@ class Factor(NamedTuple):
     S: jax.Array
 
 
+def dense_w(w_ent, A: PLSArrays):
+    """The first term's rows of the off-diagonal factor as a dense (m0 k0, q_rest) matrix."""
+    s = A.structure
+    Wd = jnp.zeros((s.m[0], s.q_rest, s.k[0]), w_ent.dtype).at[A.ent_a, A.ent_c].add(w_ent)
+    return jnp.swapaxes(Wd, 1, 2).reshape(s.m[0] * s.k[0], s.q_rest)
+
+
 def factor(theta, A: PLSArrays) -> Factor:
     """First block of the blocked Cholesky factorization of M(theta) and the Schur
     complement S of the rest (see module docstring)."""
@@ -505,9 +534,13 @@ def factor(theta, A: PLSArrays) -> Factor:
     if qr:
         w_ent = _forward_small(L11[A.ent_a], _mm_small(A.ent_v[:, None, :], lam0)
                                .swapaxes(-1, -2))[..., 0]
-        pair_vals = jnp.sum(w_ent[A.pair_i] * w_ent[A.pair_j], axis=-1)
-        u_zz = jnp.zeros((qr, qr), theta.dtype).at[A.ent_c[A.pair_i], A.ent_c[A.pair_j]].add(
-            pair_vals)
+        if s.dense_w:
+            Wd = dense_w(w_ent, A)
+            u_zz = Wd.T @ Wd
+        else:
+            pair_vals = jnp.sum(w_ent[A.pair_i] * w_ent[A.pair_j], axis=-1)
+            u_zz = jnp.zeros((qr, qr), theta.dtype).at[
+                A.ent_c[A.pair_i], A.ent_c[A.pair_j]].add(pair_vals)
         u_zxy = jax.ops.segment_sum(jnp.einsum("ek,ekj->ej", w_ent, w_xy[A.ent_a]), A.ent_c,
                                     num_segments=qr)
         R0 = jnp.block([[A.rzz, A.rzx, A.rzy[:, None]],
@@ -529,25 +562,41 @@ def factor(theta, A: PLSArrays) -> Factor:
 # twice (for Newton's Hessian) is slow to compile and to run; the custom JVPs below
 # reduce every derivative order to matrix products:
 #   d log|B| = tr(B^-1 dB),   d B^-1 = -B^-1 dB B^-1.
-def _leading_inverses_impl(S, sizes):
+@jax.custom_jvp
+def spd_inverse(S):
+    """Inverse of a symmetric positive definite matrix from its Cholesky factor."""
     L = jnp.linalg.cholesky(S)
     Linv = jax.scipy.linalg.solve_triangular(L, jnp.eye(S.shape[-1], dtype=S.dtype),
                                              lower=True)
-    # The inverse of a leading block of L is the leading block of L^-1.
-    return tuple(Linv[:k, :k].T @ Linv[:k, :k] for k in sizes)
+    return Linv.T @ Linv
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def leading_inverses(S, sizes: tuple[int, ...]):
-    """Inverses of the leading blocks S[:k, :k], k in ``sizes``, from one Cholesky."""
-    return _leading_inverses_impl(S, sizes)
-
-
-@leading_inverses.defjvp
-def _leading_inverses_jvp(sizes, primals, tangents):
+@spd_inverse.defjvp
+def _spd_inverse_jvp(primals, tangents):
     (S,), (dS,) = primals, tangents
-    invs = leading_inverses(S, sizes)
-    return invs, tuple(-B @ dS[:k, :k] @ B for B, k in zip(invs, sizes))
+    Sinv = spd_inverse(S)
+    return Sinv, -Sinv @ dS @ Sinv
+
+
+def leading_inverses(S, sizes: tuple[int, ...]):
+    """Inverses of the leading blocks S[:k, :k], k in ``sizes``, from one inverse.
+
+    With S^-1 = [[P, Q], [Q', R]] partitioned at k, the leading block's inverse is
+    S[:k, :k]^-1 = P - Q R^-1 Q' (the Schur complement in S^-1).  The trailing part
+    (X and y columns) is small, so every further block costs O(k^2 (N - k)) instead
+    of another O(k^3) inverse, and its derivatives (through ``spd_inverse``'s rule)
+    are two dense products per direction in all.
+    """
+    N = S.shape[-1]
+    Sinv = spd_inverse(S)
+    out = []
+    for k in sizes:
+        if k == N:
+            out.append(Sinv)
+        else:
+            Q = Sinv[:k, k:]
+            out.append(Sinv[:k, :k] - Q @ spd_inverse(Sinv[k:, k:]) @ Q.T)
+    return tuple(out)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))

@@ -34,7 +34,7 @@ _STATUS = {0: "gradient is exactly zero", 1: "step below tolerance",
 class LMMResult:
     """A fitted linear mixed model (a new object per fit; nothing is mutated)."""
 
-    def __init__(self, model, out, theta0, elapsed: float):
+    def __init__(self, model, out, theta0, elapsed: float, optimizer: str = "newton"):
         self.model = model
         self._design = model.design
         s = model.structure
@@ -51,7 +51,8 @@ class LMMResult:
         evals = np.linalg.eigvalsh(np.asarray(opt.hess))
         self.converged = bool(opt.converged)
         self.optinfo = {
-            "optimizer": "Newton (exact Hessian)",
+            "optimizer": ("BFGS (exact gradient)" if optimizer == "bfgs"
+                          else "Newton (exact Hessian)"),
             "iterations": int(opt.iterations),
             "fun_evals": int(opt.fun_evals),
             "grad_max": float(np.max(np.abs(opt.grad))) if opt.grad.size else 0.0,
@@ -339,6 +340,18 @@ class LMMResult:
         from .inference.confint import confint
         return confint(self, method=method, level=level, **kwargs)
 
+    def predict_interval(self, newdata: pd.DataFrame | None = None, level: float = 0.95,
+                         re_form=None, include_residual: bool = True,
+                         include_re_variance: bool = True,
+                         allow_new_levels: bool = False) -> pd.DataFrame:
+        """Prediction intervals (``fit``, ``se``, ``lwr``, ``upr``) from the exact joint
+        error of beta-hat and the BLUPs (see :mod:`mixedjax.inference.prediction`)."""
+        from .inference.prediction import predict_interval
+        return predict_interval(self, newdata=newdata, level=level, re_form=re_form,
+                                include_residual=include_residual,
+                                include_re_variance=include_re_variance,
+                                allow_new_levels=allow_new_levels)
+
     # -- simulation (mixedjax.simulate) -------------------------------------------------
     def simulate(self, nsim: int = 1, key=None, params=None, **kwargs):
         """Responses drawn from the fitted model, as lme4's ``simulate``."""
@@ -462,9 +475,14 @@ def _condvar_blocks_jit(A: pls.PLSArrays, theta):
         lams = pls.theta_to_lambdas(theta, s)
         PL = pls._scale_rest(pls._scale_rest(P, [l.T for l in lams], s, "right"),
                              [l.T for l in lams], s, "left")
-        outer = F.w_ent[A.pair_i][:, :, None] * F.w_ent[A.pair_j][:, None, :]
-        wpw = jax.ops.segment_sum(outer * PL[A.ent_c[A.pair_i], A.ent_c[A.pair_j]][:, None, None],
-                                  A.ent_a[A.pair_i], num_segments=m0)
+        if s.dense_w:
+            Wd = pls.dense_w(F.w_ent, A).reshape(m0, k0, qr)
+            wpw = jnp.einsum("akq,qr,alr->akl", Wd, PL, Wd)
+        else:
+            outer = F.w_ent[A.pair_i][:, :, None] * F.w_ent[A.pair_j][:, None, :]
+            wpw = jax.ops.segment_sum(
+                outer * PL[A.ent_c[A.pair_i], A.ent_c[A.pair_j]][:, None, None],
+                A.ent_a[A.pair_i], num_segments=m0)
         first = jnp.swapaxes(Linv11, -1, -2) @ (eye + wpw) @ Linv11
         blocks.append(first)
         start = 0

@@ -221,3 +221,39 @@ def test_batched_fit_equals_single_fits(sleepstudy):
         single = mixedjax.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy.assign(Reaction=y))
         np.testing.assert_allclose(np.asarray(out.theta[i]), single.theta, rtol=1e-8, atol=1e-10)
         assert float(out.solution.objective[i]) == pytest.approx(single.objective, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["crossed", "vector_crossed", "three_terms"])
+def test_dense_schur_update_equals_pair_lists(kind, monkeypatch):
+    """Designs with too many entry pairs use a dense W'W update: same criterion,
+    gradient and conditional variances."""
+    design = _random_design(np.random.default_rng(5), kind)
+    A_pairs = pls.build_arrays(design.terms, design.X, design.y)
+    monkeypatch.setattr(pls, "PAIR_LIMIT", 0)
+    A_dense = pls.build_arrays(design.terms, design.X, design.y)
+    assert A_dense.structure.dense_w and not A_pairs.structure.dense_w
+    theta = np.random.default_rng(6).normal(size=A_pairs.structure.ntheta)
+    for reml in (True, False):
+        assert float(pls.objective(theta, A_dense, reml)) == pytest.approx(
+            dense_objective(theta, design, reml), rel=1e-10)
+    np.testing.assert_allclose(jax.grad(pls.objective)(theta, A_dense, True),
+                               jax.grad(pls.objective)(theta, A_pairs, True), rtol=1e-9)
+    from mixedjax.result import _condvar_blocks
+    for a, b in zip(_condvar_blocks(A_dense, theta), _condvar_blocks(A_pairs, theta)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["penicillin_crossed", "sleepstudy_reml"])
+def test_bfgs_reaches_newtons_optimum(case):
+    m = _model(case, reml=True)
+    newton = m.fit(optimizer="newton")
+    bfgs = m.fit(optimizer="bfgs")
+    assert bfgs.converged and bfgs.optinfo["optimizer"].startswith("BFGS")
+    assert bfgs.objective == pytest.approx(newton.objective, rel=1e-10)
+    np.testing.assert_allclose(bfgs.theta, newton.theta, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bfgs.fixef, newton.fixef, rtol=1e-6)
+
+
+def test_unknown_optimizer(sleep_fit):
+    with pytest.raises(ValueError, match="optimizer must be"):
+        sleep_fit.model.fit(optimizer="nelder-mead")

@@ -1,0 +1,131 @@
+"""Large crossed designs: InstEval- and MovieLens-shaped fits, against lme4 when installed.
+
+    python benchmarks/large.py [--models insteval_1,insteval_2,movielens] [--no-r]
+
+The data come from ``benchmarks/data.py`` (deterministic seeds) and are written once
+to CSV files in a temporary folder, so mixedjax and R read identical data.  Each
+model runs in fresh processes:
+
+  fresh s       a new Python process: import mixedjax, build the model, compile, fit
+                (CSV reading excluded; JAX's persistent compilation cache off, so this
+                is a true first run)
+  warm s        a second ``fit()`` of the same model in that process
+  peak GiB      the process's maximum resident memory
+  lme4 s        ``lmer`` in R on the same data (``library(lme4)`` and CSV reading
+                excluded), and the ratio lme4 / mixedjax (fresh) -- > 1: mixedjax faster
+  objective     REML criterion (or deviance) of each, and their relative difference
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+MODELS = {
+    "insteval_1": ("insteval", "y ~ 1 + service + (1|s) + (1|d) + (1|dept)"),
+    "insteval_2": ("insteval", "y ~ service*dept + (1|s) + (1|d)"),
+    "movielens": ("movielens", "y ~ 1 + (1|user) + (1|movie)"),
+}
+FACTORS = {"insteval": ["s", "d", "dept", "service"], "movielens": ["user", "movie"]}
+
+PY_FIT = r"""
+import json, resource, sys, time
+t_start = time.perf_counter()
+import pandas as pd
+path, formula, factors = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+t_read = time.perf_counter()
+df = pd.read_csv(path)
+for col in factors:
+    df[col] = df[col].astype("category")
+read = time.perf_counter() - t_read
+import mixedjax
+model = mixedjax.LMM.from_formula(formula, df)
+m = model.fit()
+fresh = time.perf_counter() - t_start - read
+t0 = time.perf_counter()
+m2 = model.fit()
+warm = time.perf_counter() - t0
+q = sum(len(t.levels) * t.k for t in model.design.terms)
+print(json.dumps({"fresh": fresh, "warm": warm, "objective": m.objective, "n": m.nobs, "q": q,
+                  "iterations": m.optinfo["iterations"], "optimizer": m.optinfo["optimizer"],
+                  "converged": m.converged,
+                  "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+R_FIT = r"""
+suppressPackageStartupMessages(library(lme4))
+args <- commandArgs(trailingOnly = TRUE)
+df <- read.csv(args[1])
+for (col in strsplit(args[3], ",")[[1]]) df[[col]] <- factor(df[[col]])
+t <- system.time(m <- lmer(as.formula(args[2]), df))[["elapsed"]]
+cat(sprintf('{"seconds": %.6f, "objective": %.15g}\n', t, REMLcrit(m)))
+"""
+
+
+def write_data(name: str, folder: Path) -> Path:
+    import data
+
+    path = folder / f"{name}.csv"
+    if not path.exists():
+        df = data.insteval_like() if name == "insteval" else data.movielens_like()
+        df.to_csv(path, index=False)
+    return path
+
+
+def run_python(path: Path, formula: str, factors) -> dict:
+    env = {**os.environ, "MIXEDJAX_COMPILATION_CACHE": "0"}
+    out = subprocess.run([sys.executable, "-c", PY_FIT, str(path), formula, ",".join(factors)],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_r(path: Path, formula: str, factors) -> dict | None:
+    if shutil.which("Rscript") is None:
+        return None
+    out = subprocess.run(["Rscript", "-e", R_FIT, str(path), formula, ",".join(factors)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"  (lme4 failed: {out.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="insteval_1,insteval_2,movielens")
+    ap.add_argument("--no-r", action="store_true", help="skip lme4 even if R is installed")
+    ap.add_argument("--data-dir", default=None, help="keep the generated CSVs here")
+    args = ap.parse_args(argv)
+    folder = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="mixedjax-"))
+    folder.mkdir(parents=True, exist_ok=True)
+
+    header = (f"{'model':<11} {'n':>9} {'q':>6} {'fresh s':>8} {'warm s':>7} {'iter':>4} "
+              f"{'peak GiB':>8} {'lme4 s':>7} {'ratio':>6} {'objective':>17} {'rel diff':>9}")
+    print(header)
+    print("-" * len(header))
+    for name in args.models.split(","):
+        data_name, formula = MODELS[name]
+        path = write_data(data_name, folder)
+        py = run_python(path, formula, FACTORS[data_name])
+        r = None if args.no_r else run_r(path, formula, FACTORS[data_name])
+        r_time = f"{r['seconds']:7.2f}" if r else f"{'-':>7}"
+        ratio = f"{r['seconds'] / py['fresh']:6.1f}" if r else f"{'-':>6}"
+        diff = (f"{(py['objective'] - r['objective']) / abs(r['objective']):9.1e}" if r
+                else f"{'-':>9}")
+        print(f"{name:<11} {py['n']:>9} {py['q']:>6} {py['fresh']:8.2f} {py['warm']:7.2f} "
+              f"{py['iterations']:>4} {py['peak_gib']:8.2f} {r_time} {ratio} "
+              f"{py['objective']:17.6f} {diff}", flush=True)
+    print("\nmodels: " + "; ".join(f"{k}: {v[1]}" for k, v in MODELS.items()))
+
+
+if __name__ == "__main__":
+    main()
