@@ -119,8 +119,11 @@ def newton_minimize(fun: Callable, x0, *args, max_iter: int = 200, gtol: float =
         alpha, _, ok, nls = line_search(s.x, f, g, step)
         xnew = jnp.where(ok, s.x + alpha * step, s.x)
         small = jnp.max(jnp.abs(alpha * step)) <= xtol * (1.0 + jnp.max(jnp.abs(s.x)))
-        status = jnp.where(jnp.max(jnp.abs(g)) == 0.0, 0,
-                           jnp.where(~ok, 2, jnp.where(small, 1, -1)))
+        # A zero gradient ends the search only at a minimum: at a stationary point
+        # with negative curvature (e.g. a variance landing exactly on 0 from above,
+        # where the criterion is even) the saddle step moves on.
+        stationary = (jnp.max(jnp.abs(g)) == 0.0) & jnp.all(step == 0.0)
+        status = jnp.where(stationary, 0, jnp.where(~ok, 2, jnp.where(small, 1, -1)))
         status = jnp.where((status < 0) & (s.it + 1 >= max_iter), 3, status)
         # The returned point is where f, g and H were evaluated; once stopped the last
         # (tiny or rejected) step is not taken, so the record stays consistent.

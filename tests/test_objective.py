@@ -257,3 +257,12 @@ def test_bfgs_reaches_newtons_optimum(case):
 def test_unknown_optimizer(sleep_fit):
     with pytest.raises(ValueError, match="optimizer must be"):
         sleep_fit.model.fit(optimizer="nelder-mead")
+
+
+def test_newton_moves_off_a_stationary_point_with_negative_curvature():
+    """From lme4's start theta = 1 the damped step lands exactly on theta = 0, where
+    the even criterion has a zero gradient but is a local maximum in theta."""
+    m = mixedjax.lmer("diameter ~ 1 + (1 | plate)", mixedjax.datasets.load("penicillin"))
+    assert m.converged
+    assert m.objective == pytest.approx(613.2560240, rel=1e-8)   # lme4's REML criterion
+    assert m.theta[0] == pytest.approx(0.15354, rel=1e-3)
