@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 
 import numpy as np
@@ -32,19 +33,69 @@ def _table(rows: list[list[str]], header: list[str], align_left: set[int]) -> li
     return out
 
 
+SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+_DDF_TITLE = {"Satterthwaite": "Satterthwaite's method", "Kenward-Roger": "Kenward-Roger's method",
+              "residual": "residual degrees of freedom"}
+
+
+def _stars(p: float) -> str:
+    if not np.isfinite(p):
+        return ""
+    for cut, mark in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p < cut:
+            return mark
+    return ""
+
+
+def _common_decimals(values, digits: int, cap: int = 6) -> int:
+    """Decimals that show the smallest non-zero |value| with ``digits`` significant digits."""
+    vals = np.abs(np.asarray(values, dtype=float))
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    if not len(vals):
+        return 0
+    return int(min(max(digits - 1 - np.floor(np.log10(vals.min())), 0), cap))
+
+
+def _format_pvalues(p) -> list[str]:
+    """R's format.pval(digits = 3): '< 2e-16' below machine epsilon, scientific below
+    0.001, otherwise fixed with enough decimals for 3 significant digits."""
+    p = np.asarray(p, dtype=float)
+    out = []
+    fixed = p[np.isfinite(p) & (p >= 1e-3)]
+    dec = _common_decimals(fixed, 3) if len(fixed) else 0
+    for v in p:
+        if not np.isfinite(v):
+            out.append("NA")
+        elif v < np.finfo(float).eps:
+            out.append("< 2e-16")
+        elif v < 1e-3:
+            out.append(f"{v:.2e}")
+        else:
+            out.append(f"{v:.{dec}f}")
+    return out
+
+
 class Summary:
     """Summary of an :class:`~mixedjax.result.LMMResult`; ``print`` it or show it."""
 
     def __init__(self, result, ddf: str | None = None):
         self.result = result
+        if ddf is not None:
+            from .inference.tables import normalize_ddf
+            ddf = normalize_ddf(ddf)
+            if ddf == "Kenward-Roger":
+                from .inference.kenward_roger import check_reml
+                check_reml(result)
         self.ddf = ddf
 
     # -- pieces -------------------------------------------------------------------------
     def header(self) -> list[str]:
         m = self.result
         method = "REML" if m.reml else "maximum likelihood"
-        lines = [f"Linear mixed model fit by {method}",
-                 f"Formula: {m.formula}"]
+        title = f"Linear mixed model fit by {method}"
+        if self.ddf is not None:
+            title += f". t-tests use {_DDF_TITLE[self.ddf]}"
+        lines = [title, f"Formula: {m.formula}"]
         if m.model.data_name:
             lines.append(f"   Data: {m.model.data_name}")
         lines.append("")
@@ -88,9 +139,34 @@ class Summary:
         return rows
 
     def coef_table(self) -> pd.DataFrame:
+        """The fixed-effects table; with ``ddf`` lmerTest's (df and p-values added)."""
         m = self.result
+        if self.ddf is not None:
+            return self._ddf_table
         est, se = m.fixef, m.stderr
         return pd.DataFrame({"Estimate": est, "Std. Error": se, "t value": est / se})
+
+    @functools.cached_property
+    def _ddf_table(self) -> pd.DataFrame:
+        return self.result.coef_table(ddf=self.ddf)
+
+    def _coef_lines(self, ct: pd.DataFrame) -> list[str]:
+        if self.ddf is None:
+            rows = [[name, _fmt(r["Estimate"]), _fmt(r["Std. Error"]), f"{r['t value']:.2f}"]
+                    for name, r in ct.iterrows()]
+            return _table(rows, ["", "Estimate", "Std. Error", "t value"], {0})
+        # lmerTest's layout (R's printCoefmat): estimates and standard errors share a
+        # number of decimals, p-values as format.pval, significance stars and legend.
+        es = _common_decimals(ct[["Estimate", "Std. Error"]].to_numpy().ravel(), 4)
+        dfd = _common_decimals(ct["df"].to_numpy(), 5)
+        pv = _format_pvalues(ct["Pr(>|t|)"].to_numpy())
+        rows = [[name, f"{r['Estimate']:.{es}f}", f"{r['Std. Error']:.{es}f}",
+                 f"{r['df']:.{dfd}f}" if np.isfinite(r["df"]) else "Inf",
+                 f"{r['t value']:.3f}", p, _stars(r["Pr(>|t|)"])]
+                for (name, r), p in zip(ct.iterrows(), pv)]
+        lines = _table(rows, ["", "Estimate", "Std. Error", "df", "t value", "Pr(>|t|)", ""],
+                       {0, 6})
+        return lines + ["---", SIGNIF_LEGEND]
 
     def correlation(self) -> pd.DataFrame:
         V = self.result.vcov.to_numpy()
@@ -135,9 +211,7 @@ class Summary:
         lines.append("")
         lines.append("Fixed effects:")
         ct = self.coef_table()
-        rows = [[name, _fmt(r["Estimate"]), _fmt(r["Std. Error"]), f"{r['t value']:.2f}"]
-                for name, r in ct.iterrows()]
-        lines += _table(rows, ["", "Estimate", "Std. Error", "t value"], {0})
+        lines += self._coef_lines(ct)
         if correlation and len(ct) > 1:
             lines.append("")
             lines.append("Correlation of Fixed Effects:")
