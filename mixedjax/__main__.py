@@ -1,3 +1,6 @@
+"""``python -m mixedjax``: the command line of :mod:`mixedjax.cli`."""
+
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())
