@@ -95,9 +95,15 @@ def newton_minimize(fun: Callable, x0, *args, max_iter: int = 200, gtol: float =
     def line_search(x, f, g, step):
         slope = jnp.dot(g, step)
         tol = 1e-13 * jnp.maximum(jnp.abs(f), 1.0)
+        # A predicted decrease below the round-off of f (n log(pwrss) amplifies the
+        # cancellation in pwrss) cannot be judged by the sufficient-decrease test: a
+        # step that changes f by no more than that round-off is taken, or the
+        # iteration stalls with |theta - theta*| ~ sqrt(eps).
+        noise = 1e-10 * jnp.maximum(jnp.abs(f), 1.0)
+        flat = -slope <= noise
 
         def accept(alpha, fnew):
-            return fnew <= f + 1e-4 * alpha * slope + tol
+            return (fnew <= f + 1e-4 * alpha * slope + tol) | (flat & (fnew <= f + noise))
 
         def cond(c):
             alpha, fnew, k = c

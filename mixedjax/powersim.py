@@ -1,14 +1,30 @@
-"""Power by simulation, as simr's ``powerSim`` and ``powerCurve`` (Green & MacLeod
-2016, Methods Ecol. Evol. 7(4)), with every replicate refitted in one batched call.
+"""Power by simulation, as simr's ``powerSim`` and ``powerCurve``.
 
-Power is the fraction of simulated data sets in which the test rejects at level
-``alpha``; its Monte Carlo standard error is sqrt(p (1 - p) / nsim) and the interval
-is the Clopper-Pearson binomial interval (simr reports the same).
+Green & MacLeod (2016), "SIMR: an R package for power analysis of generalized
+linear mixed models by simulation", Methods Ecol. Evol. 7(4): simulate the planned
+study ``nsim`` times from the true parameters, fit the model to each data set,
+test, and report the fraction of rejections at level ``alpha`` with its Monte Carlo
+standard error sqrt(p (1 - p) / nsim) and the Clopper-Pearson binomial interval
+(simr's ``binom.test`` interval).  All fits run in one batched call.
+
+Tests (``test=``):
+
+* ``"x"`` or ``"t:x"`` -- Satterthwaite t test of the coefficient ``x`` (lmerTest's
+  ``contest1D``); ``"x"`` naming a term with several coefficients, or ``"F:x"`` --
+  Satterthwaite F test that all of the term's coefficients are 0 (``contestMD``);
+* ``"wald:x"`` (or ``"z:x"``) -- Wald z test of a coefficient;
+* ``"lrt:x"`` -- likelihood-ratio test of dropping the fixed-effects term ``x``, or a
+  reduced formula (``"y ~ 1 + (1 | g)"``, also for random effects): chi-square
+  test of ML fits.
+
+Satterthwaite tests use :func:`mixedjax.inference.satterthwaite.satterthwaite_test`
+at each replicate's REML estimate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,14 +33,22 @@ import pandas as pd
 from scipy import stats
 
 from . import pls
-from .simulate import _check_nsim, _refit, _resolve_params, _draw, as_key, planning_model
+from .batch import chunk_size_for, fit_responses, fit_spec
+from .model import LMM
+from .simparams import Simulator, as_key, check_nsim, resolve_params
+from .simulate import planning_model
 
 __all__ = ["power", "power_curve", "PowerResult", "PowerCurve"]
 
 
 @dataclasses.dataclass
 class PowerResult:
-    """Estimated power with its Monte Carlo standard error and 95% interval."""
+    """Estimated power of a test (simr's ``powerSim``).
+
+    ``power``: fraction of converged replicates with p < alpha; ``se``: Monte Carlo
+    standard error; ``lower``/``upper``: Clopper-Pearson interval at ``level``;
+    ``pvalues``: per replicate (NaN where a fit did not converge).
+    """
 
     test: str
     power: float
@@ -33,144 +57,327 @@ class PowerResult:
     upper: float
     nsim: int
     n_failed: int
+    alpha: float
+    level: float
+    pvalues: np.ndarray = dataclasses.field(repr=False)
+    nobs: int = 0
 
     def __repr__(self) -> str:
-        return (f"Power for {self.test}: {100 * self.power:.1f}% "
-                f"(95% CI {100 * self.lower:.1f}-{100 * self.upper:.1f}%, MC se "
-                f"{100 * self.se:.1f}%), {self.nsim} simulations, {self.n_failed} not converged")
+        pct = lambda x: f"{100 * x:.2f}"
+        return (f"Power for {self.test}, ({100 * self.level:g}% confidence interval):\n"
+                f"      {pct(self.power)}% ({pct(self.lower)}, {pct(self.upper)})\n"
+                f"Based on {self.nsim} simulations ({self.n_failed} not converged, left out); "
+                f"alpha = {self.alpha:g}, nrow = {self.nobs}")
+
+    def plot(self, ax=None):
+        """Histogram of the replicates' p-values with the level ``alpha`` marked;
+        returns the matplotlib figure."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = _axes(ax, plt)
+        p = self.pvalues[np.isfinite(self.pvalues)]
+        ax.hist(p, bins=np.linspace(0, 1, 41), color="0.6", edgecolor="white")
+        ax.axvline(self.alpha, color="C3", linestyle="--", label=f"alpha = {self.alpha:g}")
+        ax.set_xlabel("p-value")
+        ax.set_ylabel("replicates")
+        ax.set_title(f"{self.test}: power {100 * self.power:.1f}%")
+        ax.legend()
+        fig.tight_layout()
+        return fig
 
 
-def _summarize(test, reject, ok) -> PowerResult:
-    k, n = int(np.sum(reject[ok])), int(np.sum(ok))
-    p = k / n if n else float("nan")
-    lo = stats.beta.ppf(0.025, k, n - k + 1) if k > 0 else 0.0
-    hi = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
-    return PowerResult(test, p, float(np.sqrt(p * (1 - p) / max(n, 1))), float(lo), float(hi),
-                       n, int(np.sum(~ok)))
+def _axes(ax, plt):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        return fig, ax
+    return ax.figure, ax
 
 
-def _satterthwaite_p(model, Y, theta, L):
-    from .inference.satterthwaite import satterthwaite_test
+def binomial_summary(reject: np.ndarray, ok: np.ndarray, level: float = 0.95):
+    """(power, Monte Carlo se, Clopper-Pearson lower, upper) from rejection flags."""
+    k, n = int(np.sum(reject & ok)), int(np.sum(ok))
+    if n == 0:
+        return float("nan"), float("nan"), 0.0, 1.0
+    p = k / n
+    a = (1.0 - level) / 2.0
+    lo = float(stats.beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(stats.beta.ppf(1.0 - a, k + 1, n - k)) if k < n else 1.0
+    return p, float(np.sqrt(p * (1.0 - p) / n)), lo, hi
 
-    def one(y, th):
-        A = pls.with_response(model.arrays, model.response_map, y)
-        return satterthwaite_test(th, A, model.reml, L).p_value
 
-    return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(Y), jnp.asarray(theta)))
+# ----------------------------------------------------------------------------------
+# Tests
+# ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Test:
+    kind: str                 # "t", "F", "wald", "lrt"
+    label: str
+    L: np.ndarray | None = None
+    reduced: LMM | None = None
 
 
-def power(design: pd.DataFrame, formula: str, params: dict, test: str, nsim: int = 1000,
-          key=None, alpha: float = 0.05, reml: bool = True, **kwargs) -> PowerResult:
-    """Power of ``test`` for data simulated on ``design`` (covariates and grouping
-    columns) from ``formula`` with true ``params`` (``beta``, ``theta``/``varcomp``,
-    ``sigma``; see :func:`mixedjax.simulate_design`).
+def _parse_test(test, model: LMM, formula: str, design: pd.DataFrame, kwargs) -> _Test:
+    from .inference.terms import fixed_terms
 
-    ``test``: ``"<coef>"`` or ``"t:<coef>"`` -- Satterthwaite t test of a fixed-effect
-    coefficient (lmerTest's); ``"z:<coef>"`` -- Wald z test; ``"lrt:<formula>"`` --
-    likelihood-ratio test (ML fits) against the reduced model ``<formula>``.
+    d = model.design
+    names = list(d.xnames)
+    terms = {t.label: t for t in fixed_terms(d)}
+    if test is None:
+        slopes = [nm for nm in names if nm != "(Intercept)"]
+        if len(slopes) != 1:
+            raise ValueError(f"name the test: test='x' for a coefficient (one of {names}), "
+                             "'lrt:term' or a reduced formula")
+        test = slopes[0]
+    if not isinstance(test, str):
+        raise TypeError(f"test must be a string, got {type(test).__name__}")
+    if "~" in test:
+        test = test.split(":", 1)[1] if test.lower().startswith("lrt:") else test
+        reduced = planning_model(test, design, reml=False, **kwargs)
+        if reduced.design.n != d.n:
+            raise ValueError("the reduced formula uses other rows of the design "
+                             "(different missing values)")
+        if reduced.ntheta + reduced.design.p >= model.ntheta + d.p:
+            raise ValueError(f"the reduced model {test.strip()!r} is not smaller than the "
+                             "full model (it must have fewer parameters)")
+        return _Test("lrt", f"LRT against {test.strip()!r}", reduced=reduced)
+    kind, _, name = test.partition(":")
+    if not name:
+        if test not in names and test not in terms:
+            raise ValueError(f"unknown coefficient or term {test!r}; the fixed effects are "
+                             f"{names}, the terms {list(terms)}")
+        kind, name = ("t" if test in names else "F"), test
+    kind = {"t": "t", "f": "F", "wald": "wald", "z": "wald", "lrt": "lrt"}.get(kind.lower())
+    if kind is None:
+        raise ValueError(f"unknown test {test!r}; use 'x', 't:x', 'F:term', 'wald:x', "
+                         "'lrt:term' or a reduced formula")
+    if kind in ("t", "wald"):
+        if name not in names:
+            raise ValueError(f"unknown coefficient {name!r}; the fixed effects are {names}")
+        L = np.eye(len(names))[[names.index(name)]]
+        what = "Satterthwaite t test" if kind == "t" else "Wald z test"
+        return _Test(kind, f"{what} of {name!r}", L=L)
+    if name not in terms:
+        raise ValueError(f"unknown term {name!r}; the fixed-effects terms are {list(terms)}")
+    cols = list(terms[name].columns)
+    if kind == "F":
+        return _Test("F", f"Satterthwaite F test of term {name!r}",
+                     L=np.eye(len(names))[cols])
+    keep = [j for j in range(len(names)) if j not in cols]
+    X = d.X[:, keep]
+    red = dataclasses.replace(d, X=X, xnames=[names[j] for j in keep])
+    return _Test("lrt", f"LRT of term {name!r}", reduced=LMM(red, reml=False))
+
+
+@functools.partial(jax.jit, static_argnames=("reml", "sequential"))
+def _satterthwaite_p(theta, Y, A, R, L, reml, sequential):
+    """Satterthwaite p-values of ``L beta = 0`` for each replicate (theta_i, y_i).
+
+    On CPU the replicates run one after another (``lax.map``): batched LAPACK calls
+    under ``vmap`` can deadlock jaxlib's CPU thread pool, and the test is cheap next
+    to the fits.  Elsewhere they are vmapped.
     """
-    nsim = _check_nsim(nsim)
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    kind, _, what = test.partition(":") if ":" in test else ("t", ":", test)
-    if kind not in ("t", "z", "lrt"):
-        raise ValueError(f"test must be '<coef>', 't:<coef>', 'z:<coef>' or 'lrt:<formula>', "
-                         f"got {test!r}")
-    model = planning_model(formula, design, reml=reml and kind != "lrt")
-    p = _resolve_params(model.design, model.structure, params, None)
-    Y = _draw(as_key(key), model.design, model.structure, p, nsim)
-    full = _refit(model, Y, p.theta, **kwargs)
-    ok = full.converged.astype(bool)
-    if kind in ("t", "z"):
-        names = model.design.xnames
-        if what not in names:
-            raise ValueError(f"unknown coefficient {what!r}; the model has {names}")
-        j = names.index(what)
-        if kind == "z":
-            pval = 2 * stats.norm.sf(np.abs(full.beta[:, j] / full.stderr[:, j]))
-        else:
-            L = np.zeros((1, len(names)))
-            L[0, j] = 1.0
-            pval = _satterthwaite_p(model, Y, full.theta, jnp.asarray(L))
+    from .inference.satterthwaite import contest, pieces
+
+    def one(args):
+        th, y = args
+        return contest(pieces(th, pls.with_response(A, R, y), reml), L).p_value
+
+    if sequential:
+        return jax.lax.map(one, (theta, Y))
+    return jax.vmap(one)((theta, Y))
+
+
+def _pvalues(test: _Test, spec, sim, nsim, fits, opts):
+    ok = fits["converged"]
+    if test.kind == "wald":
+        j = int(np.argmax(test.L[0]))
+        z = fits["beta"][:, j] / fits["stderr"][:, j]
+        p = 2.0 * stats.norm.sf(np.abs(z))
+    elif test.kind == "lrt":
+        red_spec = fit_spec(test.reduced, _reduced_start(test.reduced, spec))
+        red = fit_responses(red_spec, sim, nsim, desc="reduced model", **opts)
+        stat = np.maximum(red["objective"] - fits["objective"], 0.0)
+        df = len(spec.theta0) + spec_p(spec) - len(red_spec.theta0) - spec_p(red_spec)
+        p = stats.chi2.sf(stat, df)
+        ok = ok & red["converged"]
     else:
-        reduced = planning_model(what, design, reml=False)
-        if reduced.design.n != model.design.n:
-            raise ValueError("the reduced model uses different rows of the design")
-        df = _npar(model) - _npar(reduced)
-        if df <= 0:
-            raise ValueError(f"the reduced model {what!r} is not smaller than {formula!r}")
-        small = _refit(reduced, Y, reduced.initial_theta(), **kwargs)
-        ok &= small.converged.astype(bool)
-        pval = stats.chi2.sf(np.maximum(small.objective - full.objective, 0.0), df)
-    return _summarize(test, pval < alpha, ok)
+        p = _satterthwaite_all(test, spec, sim, nsim, fits, opts)
+    return np.where(ok, p, np.nan), ok
 
 
-def _npar(model) -> int:
-    return model.design.p + model.structure.ntheta + 1
+def spec_p(spec) -> int:
+    return int(spec.A.p)
+
+
+def _reduced_start(model: LMM, full_spec):
+    if model.ntheta == len(full_spec.theta0):
+        return full_spec.theta0
+    return model.initial_theta()
+
+
+def _satterthwaite_all(test, spec, sim, nsim, fits, opts):
+    B = chunk_size_for(spec, nsim, opts.get("chunk_size"))
+    sequential = jax.default_backend() == "cpu"
+    out = np.empty(nsim)
+    L = jnp.asarray(test.L)
+    for s in range(0, nsim, B):
+        idx = np.arange(s, min(s + B, nsim))
+        pad = np.concatenate([idx, np.full(B - len(idx), idx[-1])])
+        p = _satterthwaite_p(jnp.asarray(fits["theta"][pad]), jnp.asarray(sim(pad)), spec.A,
+                             spec.R, L, reml=spec.reml, sequential=sequential)
+        out[idx] = np.asarray(p)[:len(idx)]
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# power and power_curve
+# ----------------------------------------------------------------------------------
+def power(design: pd.DataFrame, formula: str, params: dict, test: str | None = None,
+          nsim: int = 1000, key=None, alpha: float = 0.05, level: float = 0.95,
+          reml: bool = True, weights=None, offset=None, chunk_size: int | None = None,
+          max_iter: int = 100, progress: bool | None = None) -> PowerResult:
+    """Power of ``test`` for the study ``design`` under the true ``params``.
+
+    ``design``: a DataFrame with the covariates and grouping columns of the planned
+    study (no response needed); ``formula``: the lme4 formula to fit; ``params``:
+    true ``beta``, ``sigma`` and random effects (``theta``, ``VarCorr`` or ``sd``;
+    see :mod:`mixedjax.simparams`); ``test``: see the module docstring.  ``reml``
+    applies to the t, F and Wald tests (LRTs use ML fits).
+    """
+    nsim = check_nsim(nsim)
+    _check_level(alpha, "alpha")
+    _check_level(level, "level")
+    kw = {"weights": weights, "offset": offset}
+    probe = planning_model(formula, design, reml=reml, **kw)
+    t = _parse_test(test, probe, formula, design, kw)
+    model = probe if t.kind != "lrt" else planning_model(formula, design, reml=False, **kw)
+    p = resolve_params(model.design, model.structure, params, None)
+    spec = fit_spec(model, p.theta)
+    sim = Simulator(model.design, model.structure, p, as_key(key), spec.n_pad)
+    opts = dict(chunk_size=chunk_size, max_iter=max_iter, progress=progress)
+    fits = fit_responses(spec, sim, nsim, desc="power", **opts)
+    pvals, ok = _pvalues(t, spec, sim, nsim, fits, opts)
+    pw, se, lo, hi = binomial_summary(pvals < alpha, ok, level)
+    return PowerResult(test=t.label, power=pw, se=se, lower=lo, upper=hi, nsim=nsim,
+                       n_failed=int((~ok).sum()), alpha=float(alpha), level=float(level),
+                       pvalues=pvals, nobs=model.design.n)
+
+
+def _check_level(x, name):
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(x).__name__}")
+    if not 0 < x < 1:
+        raise ValueError(f"{name} must be between 0 and 1, got {x}")
 
 
 @dataclasses.dataclass
 class PowerCurve:
-    """Power over sample sizes (simr's ``powerCurve``); ``table`` has columns
-    size, power, se, lower, upper, nsim."""
+    """Power over study sizes (simr's ``powerCurve``): ``table`` has columns
+    ``size``, ``power``, ``se``, ``lower``, ``upper``, ``nobs``, ``n_failed``."""
 
-    along: str
     table: pd.DataFrame
+    along: str
+    test: str
+    alpha: float
+    results: list = dataclasses.field(repr=False, default_factory=list)
 
-    def plot(self, ax=None):
-        """Power against size with 95% intervals; returns the matplotlib Figure."""
+    def __repr__(self) -> str:
+        return (f"Power curve for {self.test} along {self.along} (alpha = {self.alpha:g})\n"
+                + self.table.to_string(index=False))
+
+    def plot(self, ax=None, target: float | None = 0.8):
+        """Power against size with its confidence interval (and a dashed line at
+        ``target``); returns the matplotlib figure."""
         import matplotlib.pyplot as plt
 
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-        else:
-            fig = ax.figure
+        fig, ax = _axes(ax, plt)
         t = self.table
-        ax.errorbar(t["size"], t["power"], yerr=[t["power"] - t["lower"], t["upper"] - t["power"]],
-                    marker="o", capsize=3)
-        ax.axhline(0.8, color="grey", lw=0.8, ls="--")
-        ax.set_ylim(0, 1)
-        ax.set_xlabel(self.along)
+        ax.errorbar(t["size"], t["power"], yerr=[t["power"] - t["lower"],
+                                                 t["upper"] - t["power"]],
+                    marker="o", capsize=3, color="C0")
+        if target is not None:
+            ax.axhline(target, color="0.5", linestyle="--", linewidth=1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(self.along.replace("_", " "))
         ax.set_ylabel("power")
+        ax.set_title(self.test)
+        fig.tight_layout()
         return fig
 
 
-def _resize(design: pd.DataFrame, group: str, along: str, size: int) -> pd.DataFrame:
-    """The design with ``size`` groups (cycling the given groups under new labels) or
-    ``size`` rows per group (cycling each group's rows)."""
+def _group_of(formula: str, group):
+    from .formula import parse_formula
+
+    if group is not None:
+        return group
+    groups = {g for t in parse_formula(formula).random for g in t.group}
+    if len(groups) != 1:
+        raise ValueError(f"the formula has grouping factors {sorted(groups)}; name the one "
+                         "to resize with group=")
+    return groups.pop()
+
+
+def resize_design(design: pd.DataFrame, group: str, along: str, size: int) -> pd.DataFrame:
+    """A design with ``size`` groups (``along="n_groups"``: the given groups repeated
+    in order, copies relabelled ``g.1``, ``g.2``, ...) or ``size`` rows per group
+    (``along="n_per_group"``: each group's rows recycled in order)."""
+    if group not in design.columns:
+        raise ValueError(f"grouping column {group!r} not found in the design")
     levels = pd.unique(design[group])
-    if along == "n_groups":
-        parts = []
-        for i in range(size):
-            part = design[design[group] == levels[i % len(levels)]].copy()
-            part[group] = f"{levels[i % len(levels)]}#{i}"
-            parts.append(part)
-        return pd.concat(parts, ignore_index=True)
+    rows = {lv: np.flatnonzero((design[group] == lv).to_numpy()) for lv in levels}
+    if along == "n_per_group":
+        idx = np.concatenate([np.resize(rows[lv], size) for lv in levels])
+        return design.iloc[idx].reset_index(drop=True)
     parts = []
-    for lev in levels:
-        rows = design[design[group] == lev]
-        parts.append(rows.iloc[np.arange(size) % len(rows)])
+    for j in range(size):
+        lv = levels[j % len(levels)]
+        part = design.iloc[rows[lv]].copy()
+        copy = j // len(levels)
+        part[group] = str(lv) if copy == 0 else f"{lv}.{copy}"
+        parts.append(part)
     return pd.concat(parts, ignore_index=True)
 
 
-def power_curve(design, formula: str, params: dict, test: str, along: str = "n_groups",
-                values=(), group: str | None = None, nsim: int = 1000, key=None,
-                alpha: float = 0.05, **kwargs) -> PowerCurve:
-    """Power at each size in ``values``.  ``design`` is a function ``size -> DataFrame``
-    or a DataFrame resized ``along`` "n_groups" or "n_per_group" of column ``group``."""
+def power_curve(design, formula: str, params: dict, along: str = "n_groups", values=None,
+                test: str | None = None, nsim: int = 1000, key=None, alpha: float = 0.05,
+                group: str | None = None, **kwargs) -> PowerCurve:
+    """Power at several study sizes, as simr's ``powerCurve``.
+
+    ``design``: a DataFrame (resized along ``along``: ``"n_groups"`` repeats its
+    groups, ``"n_per_group"`` recycles each group's rows; ``group`` names the
+    grouping column when the formula has several) or a function ``size -> DataFrame``.
+    ``values``: the sizes.  Other arguments as :func:`power`; size j uses the key
+    ``fold_in(key, j)``.
+    """
     if along not in ("n_groups", "n_per_group"):
         raise ValueError(f"along must be 'n_groups' or 'n_per_group', got {along!r}")
-    values = [int(v) for v in values]
-    if not values or min(values) <= 0:
-        raise ValueError("values must be a non-empty list of positive sizes")
-    if not callable(design):
-        if group is None or group not in design.columns:
-            raise ValueError("give group= (a column of design) to resize a DataFrame design")
-    keys = jax.random.split(as_key(key), len(values))
-    rows = []
-    for v, k in zip(values, keys):
-        df = design(v) if callable(design) else _resize(design, group, along, v)
-        res = power(df, formula, params, test, nsim=nsim, key=k, alpha=alpha, **kwargs)
-        rows.append({"size": v, "power": res.power, "se": res.se, "lower": res.lower,
-                     "upper": res.upper, "nsim": res.nsim})
-    return PowerCurve(along, pd.DataFrame(rows))
+    if values is None or len(values) == 0:
+        raise ValueError("give the study sizes in values=")
+    sizes = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ValueError(f"sizes must be positive integers, got {v!r}")
+        sizes.append(int(v))
+    if callable(design):
+        make = design
+    elif isinstance(design, pd.DataFrame):
+        g = _group_of(formula, group)
+        make = functools.partial(resize_design, design, g, along)
+    else:
+        raise TypeError("design must be a DataFrame or a function size -> DataFrame")
+    key = as_key(key)
+    results = []
+    for j, size in enumerate(sizes):
+        d = make(size)
+        if not isinstance(d, pd.DataFrame):
+            raise TypeError(f"the design function returned {type(d).__name__} for size "
+                            f"{size}, not a DataFrame")
+        results.append(power(d, formula, params, test=test, nsim=nsim,
+                             key=jax.random.fold_in(key, j), alpha=alpha, **kwargs))
+    table = pd.DataFrame({"size": sizes, "power": [r.power for r in results],
+                          "se": [r.se for r in results], "lower": [r.lower for r in results],
+                          "upper": [r.upper for r in results],
+                          "nobs": [r.nobs for r in results],
+                          "n_failed": [r.n_failed for r in results]})
+    return PowerCurve(table=table, along=along, test=results[0].test, alpha=float(alpha),
+                      results=results)

@@ -1,0 +1,228 @@
+"""Running thousands to millions of fits of one design: lanes, chunks and devices.
+
+A batched fit keeps a fixed number of *lanes* (the chunk size), each holding one
+replicate's response and its current theta.  Every call of the compiled kernel
+(:func:`mixedjax.batchfit.fit_chunk`) advances all lanes by at most ``step_iter``
+Newton iterations; replicates that finished are harvested and their lanes refilled
+with new replicates, the others continue from where they stopped.  Under ``vmap`` a
+loop runs until its slowest member finishes, so without this a chunk would cost
+its slowest replicate's iteration count times the chunk size; with it the cost is
+close to the average.  A continuation restarts Newton at the point it stopped,
+which is exactly where the uninterrupted iteration would have gone on, so results
+do not depend on the chunk size or on the number of devices.
+
+Memory stays bounded: one chunk of responses and fit state at a time, plus one row
+of summaries per replicate.  Each chunk is sharded over all JAX devices
+(``jax.sharding.Mesh`` + ``NamedSharding`` on the lane axis); the design arrays are
+replicated.  Compiled code is reused across chunks and calls: one function per
+(design structure, chunk size, padded n, REML/ML).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import batchfit, pls
+
+__all__ = ["FitSpec", "fit_spec", "fit_responses", "chunk_size_for", "pad_rows",
+           "Lanes", "device_mesh"]
+
+STEP_ITER = 4          # Newton iterations per kernel call (see module docstring)
+PROGRESS_MIN = 20_000  # show a progress bar by default from this many replicates
+
+
+class FitSpec(NamedTuple):
+    """Everything the kernel needs about one model (arrays only; ``reml`` static).
+
+    ``R`` is the response map with rows padded to ``n_pad``; ``n`` the real rows.
+    """
+
+    A: pls.PLSArrays
+    R: pls.ResponseMap
+    C: batchfit.Coupling
+    reml: bool
+    theta0: np.ndarray
+    n: int
+    n_pad: int
+
+
+def pad_rows(R: pls.ResponseMap, n_pad: int) -> pls.ResponseMap:
+    """``R`` with zero-weight rows appended up to ``n_pad``: they add nothing to Z'y,
+    X'y or y'y, so designs of nearby sizes share compiled code."""
+    n = R.codes0.shape[0]
+    if n_pad == n:
+        return R
+    extra = n_pad - n
+
+    def grow(a):
+        return jnp.concatenate([a, jnp.zeros((extra,) + a.shape[1:], a.dtype)])
+
+    return pls.ResponseMap(*[grow(a) for a in R])
+
+
+def fit_spec(model, theta0=None) -> FitSpec:
+    """The :class:`FitSpec` of an :class:`~mixedjax.model.LMM`, starting at ``theta0``
+    (default lme4's start).  Diagonal entries of the start are kept at least 0.05:
+    the criterion is even in each column of Lambda, so a start exactly at a
+    variance of 0 is a stationary point the iteration cannot leave."""
+    n = model.design.n
+    n_pad = pls.bucket(n)
+    theta0 = model.initial_theta() if theta0 is None else np.asarray(theta0, np.float64)
+    diag = np.isfinite(pls.lower_bounds(model.structure))
+    theta0 = np.where(diag, np.maximum(np.abs(theta0), 0.05), theta0)
+    return FitSpec(A=model.arrays, R=pad_rows(model.response_map, n_pad),
+                   C=batchfit.coupling(model.arrays), reml=model.reml, theta0=theta0,
+                   n=n, n_pad=n_pad)
+
+
+def device_mesh():
+    """A one-axis mesh over every JAX device (None with a single device)."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None
+    return jax.sharding.Mesh(np.array(devices), ("rep",))
+
+
+def chunk_size_for(spec: FitSpec, nsim: int, chunk_size: int | None = None) -> int:
+    """Lanes per kernel call: a multiple of the device count.
+
+    By default as many as keep the fit state of a chunk near 256 MB per device
+    (512 lanes per CPU device at most: larger chunks fall out of the CPU caches;
+    16384 per accelerator); 64 per device when ``nsim`` fits in that.  Only these
+    two sizes occur per design, so at most two compilations: a compile costs
+    seconds, idle lanes far less.
+    """
+    ndev = jax.device_count()
+    if chunk_size is not None:
+        if not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        return int(math.ceil(chunk_size / ndev) * ndev)
+    s = spec.A.structure
+    state = (s.m[0] * s.k[0] * (s.k[0] + s.p + 2 + (s.q_rest if spec.C.V is not None else 0))
+             + spec.A.ent_v.size + spec.A.pair_i.size + (s.q_rest + s.p + 1) ** 2)
+    per_lane = 8 * (2 * spec.n_pad + 40 * state * (s.ntheta + 2))
+    cap = 512 if jax.default_backend() == "cpu" else 16384
+    per_dev = int(max(8, min(cap, 2 ** int(math.log2(max(256e6 / per_lane, 8))))))
+    if nsim <= min(64, per_dev) * ndev:
+        per_dev = min(64, per_dev)
+    return per_dev * ndev
+
+
+class Lanes(NamedTuple):
+    """The state of the lanes between kernel calls (host arrays)."""
+
+    rep: np.ndarray        # replicate index per lane (-1: empty)
+    theta: np.ndarray      # start of the next call
+    Y: np.ndarray          # responses (lanes, n_pad)
+    done_iter: np.ndarray  # iterations already spent
+
+
+def _place(x, mesh):
+    if mesh is None:
+        return jnp.asarray(x)
+    spec = jax.sharding.PartitionSpec("rep", *([None] * (np.ndim(x) - 1)))
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+
+def _replicate(tree, mesh):
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+_FIELDS = batchfit.FitSummary._fields
+
+
+def _alloc(nsim: int, spec: FitSpec) -> dict[str, np.ndarray]:
+    nt, p = len(spec.theta0), spec.A.structure.p
+    shapes = {"theta": (nt,), "theta_raw": (nt,), "beta": (p,), "stderr": (p,)}
+    out = {f: np.zeros((nsim,) + shapes.get(f, ())) for f in _FIELDS}
+    out["converged"] = np.zeros(nsim, bool)
+    out["iterations"] = np.zeros(nsim, np.int64)
+    out["status"] = np.zeros(nsim, np.int64)
+    return out
+
+
+def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim: int,
+                  chunk_size: int | None = None, max_iter: int = 100,
+                  progress: bool | None = None, desc: str = "fits") -> dict[str, np.ndarray]:
+    """Fit ``spec``'s design to responses ``rows(idx)`` for idx in 0..nsim-1.
+
+    ``rows(idx)`` returns the responses of replicates ``idx`` as an array
+    (len(idx), n_pad).  Returns one array per :class:`~mixedjax.batchfit.FitSummary`
+    field with a leading axis of length ``nsim`` (beta/stderr padded to the
+    structure's p).
+    """
+    B = chunk_size_for(spec, nsim, chunk_size)
+    mesh = device_mesh()
+    A, R, C = _replicate((spec.A, spec.R, spec.C), mesh)
+    out = _alloc(nsim, spec)
+    theta0 = np.asarray(spec.theta0, np.float64)
+    lanes = Lanes(rep=np.full(B, -1), theta=np.tile(theta0, (B, 1)),
+                  Y=np.zeros((B, spec.n_pad)), done_iter=np.zeros(B, np.int64))
+    bar = _progress(nsim, progress, desc)
+    next_rep = 0
+    finished = 0
+    while finished < nsim:
+        lanes, next_rep = _refill(lanes, next_rep, nsim, rows, theta0)
+        live = lanes.rep >= 0
+        cap = np.maximum(np.minimum(STEP_ITER, max_iter - lanes.done_iter), 1)
+        res = batchfit.fit_chunk(_place(lanes.theta, mesh), A, R, C, _place(lanes.Y, mesh),
+                                 _place(cap, mesh), reml=spec.reml)
+        res = jax.tree_util.tree_map(np.asarray, res)
+        total = lanes.done_iter + res.iterations
+        # A lane is finished when Newton stopped on its own or used up max_iter.
+        stop = live & ((res.status != 3) | (total >= max_iter))
+        idx = lanes.rep[stop]
+        for f in _FIELDS:
+            out[f][idx] = getattr(res, f)[stop]
+        out["iterations"][idx] = total[stop]
+        finished += int(stop.sum())
+        if bar is not None:
+            bar.update(int(stop.sum()))
+        cont = live & ~stop
+        lanes = Lanes(rep=np.where(stop, -1, lanes.rep),
+                      theta=np.where(cont[:, None], res.theta_raw, lanes.theta),
+                      Y=lanes.Y, done_iter=np.where(cont, total, 0))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _refill(lanes: Lanes, next_rep: int, nsim: int, rows, theta0):
+    """Put the next replicates into empty lanes.  Lanes left empty at the end copy a
+    live lane (response and start), so they never outlast the live lanes."""
+    empty = np.flatnonzero(lanes.rep < 0)
+    take = min(len(empty), nsim - next_rep)
+    rep, theta, Y, done = (lanes.rep.copy(), lanes.theta.copy(), lanes.Y, lanes.done_iter.copy())
+    if take:
+        new = np.arange(next_rep, next_rep + take)
+        slots = empty[:take]
+        Y = Y.copy()
+        Y[slots] = rows(new)
+        rep[slots] = new
+        theta[slots] = theta0
+        done[slots] = 0
+        next_rep += take
+    idle = rep < 0
+    if idle.any() and (~idle).any():
+        src = np.flatnonzero(~idle)[0]
+        Y = Y.copy() if Y is lanes.Y else Y
+        Y[idle] = Y[src]
+        theta[idle] = theta[src]
+        done[idle] = done[src]
+    return Lanes(rep, theta, Y, done), next_rep
+
+
+def _progress(nsim: int, progress: bool | None, desc: str):
+    if progress is None:
+        progress = nsim >= PROGRESS_MIN
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=nsim, desc=desc, unit="fit")
