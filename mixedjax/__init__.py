@@ -33,6 +33,7 @@ _LAZY = {
     "VarIdent": "mixedjax.nlme",
     "VarPower": "mixedjax.nlme",
     "VarExp": "mixedjax.nlme",
+    "VarFixed": "mixedjax.nlme",
     "CorAR1": "mixedjax.nlme",
     "CorCAR1": "mixedjax.nlme",
     "CorCompSymm": "mixedjax.nlme",

@@ -92,16 +92,19 @@ NO_CORRELATION = BoundCor(kind="none", form="", names=(), start=(), fixed=True, 
 
 
 def symm_from_angles(u, M: int):
-    """CorSymm's correlation matrix from its unconstrained parameters (module doc)."""
-    angles = jnp.pi * jax.nn.sigmoid(u)
-    L = jnp.zeros((M, M), u.dtype).at[0, 0].set(1.0)
-    start = 0
-    for i in range(1, M):
-        a = angles[start:start + i]
-        start += i
-        sines = jnp.concatenate([jnp.ones(1, u.dtype), jnp.cumprod(jnp.sin(a))])
-        row = jnp.concatenate([jnp.cos(a), jnp.ones(1, u.dtype)]) * sines
-        L = L.at[i, :i + 1].set(row)
+    """CorSymm's correlation matrix from its unconstrained parameters (module doc).
+
+    Vectorized: with A the strictly lower matrix of angles (filled row by row),
+    L[i, j] = cos(A[i, j]) prod_{k<j} sin(A[i, k]) and L[i, i] = prod_{k<i} sin(A[i, k]);
+    the products are exp of prefix sums of log sin, taken as one matrix product.
+    """
+    rows, cols = np.tril_indices(M, -1)  # row by row: nlme's parameter order
+    angles = jnp.zeros((M, M), u.dtype).at[rows, cols].set(jnp.pi * jax.nn.sigmoid(u))
+    lower = np.tril(np.ones((M, M), bool), -1)
+    log_sin = jnp.where(lower, jnp.log(jnp.sin(angles)), 0.0)
+    prefix = log_sin @ np.triu(np.ones((M, M)), 1)     # sum over k < j
+    factor = jnp.where(lower, jnp.cos(angles), np.eye(M))
+    L = jnp.exp(prefix) * factor
     return L @ L.T
 
 
@@ -235,6 +238,8 @@ class CorAR1(CorStruct):
 
     ``"~ 1 | g"``: t = order of the rows within the group; ``"~ Time | g"``:
     integer times (gaps allowed; nlme's corARMA(p = 1) for unequal spacing).
+    With a time covariate the rows need not be in time order: the lags come from
+    the times.  Repeated or non-integer times are an error.
     """
 
     kind = "ar1"

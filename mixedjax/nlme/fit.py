@@ -10,8 +10,13 @@ the structures (0 on the unconstrained scale; CorCAR1 phi = 0.2) unless
 
 A variance function of the fitted values (``VarPower()``) is handled as nlme
 does (Pinheiro & Bates 2000, section 5.2.1): fit with the covariate held at the
-current fitted values, recompute the fitted values, and repeat until the
-parameters change by less than ``tolerance`` (relative).
+current fitted values (least-squares fitted values to start), recompute the
+fitted values (innermost level for lme), and repeat until the parameters change
+by less than ``tolerance`` (relative).  nlme stops as soon as two successive
+optimizer solutions agree, which a warm-started optimizer can report before the
+alternation has settled; with the tight default tolerance here the result is
+the alternation's fixed point, which nlme reaches when its own alternation is
+continued.
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ def fit_model(model: NlmeModel, x0=None, max_iter: int = 200, tolerance: float =
     return result
 
 
-def lme(fixed: str, data, random, weights=None, correlation=None, method: str = "REML",
+def lme(fixed: str, data, random=None, weights=None, correlation=None, method: str = "REML",
         max_iter: int = 200):
     """Linear mixed-effects model with nlme's variance and correlation structures.
 
@@ -140,6 +145,9 @@ def lme(fixed: str, data, random, weights=None, correlation=None, method: str = 
     >>> round(m.loglik, 4)
     -223.5013
     """
+    if random is None:
+        raise ValueError("lme needs the random effects, e.g. random='~ 1 | Subject' "
+                         "(use gls for a model without random effects)")
     model = build_model("lme", fixed, data, random=random, weights=weights,
                         correlation=correlation, method=method)
     return fit_model(model, max_iter=max_iter)

@@ -23,7 +23,7 @@ from ..design import _factor_codes
 from ..formula import FormulaError, parse_formula
 
 __all__ = ["Form", "ReLevel", "parse_form", "parse_random", "group_codes", "Packing",
-           "make_packing", "label"]
+           "make_packing", "label", "sorted_positions"]
 
 _NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 

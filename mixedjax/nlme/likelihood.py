@@ -83,6 +83,7 @@ class Arrays(NamedTuple):
     zsub: tuple             # per term (G, m) group code of the term's level
     vcov: jax.Array         # (G, m) variance covariate
     vidx: jax.Array         # (G, m) index of each row's variance parameter
+    vcode: jax.Array        # () which variance function (varfunc.DELTA_CODES)
     ctime: jax.Array        # (G, m) correlation time/position
     csub: jax.Array         # (G, m) correlation group
     cinf: jax.Array         # () CorCompSymm's lower bound
@@ -151,7 +152,7 @@ def _marginal(covs, resid_scale, sd, C, A: Arrays):
 
 
 def _structure(vpar, cpar, A: Arrays, layout: Layout, natural: bool = False):
-    sd = jnp.where(A.mask, sd_multiplier(layout.var, vpar, A.vcov, A.vidx), 1.0)
+    sd = jnp.where(A.mask, sd_multiplier(layout.var, vpar, A.vcov, A.vidx, A.vcode), 1.0)
     C = correlation(layout.cor, cpar, A.ctime, A.csub, A.cinf, natural=natural)
     return sd, C
 

@@ -1,14 +1,13 @@
-"""Batched Cholesky factorization and triangular solves written in plain JAX.
+"""Inverse and log-determinant of a batch of small SPD matrices, in plain JAX.
 
-The blocks of an lme/gls fit are a batch of small m x m matrices.  jaxlib's
-CPU LAPACK kernels (0.10) split a batch over the intra-op thread pool and block
-until the pieces finish; when the compiled Newton loop runs several such
-kernels concurrently on a machine with few cores, every pool thread waits on
-work queued behind it and the process deadlocks.  These loops use only
-ordinary XLA operations: one column (or row) per step, vectorized over the
-batch, so the program size does not grow with m, and jit, grad, hessian and
-vmap apply.  Golub & Van Loan, "Matrix Computations", 4th ed., algorithms
-4.2.1 (gaxpy Cholesky) and 3.1.1 (forward substitution).
+The blocks of an lme/gls fit are a batch of small m x m matrices.  jaxlib's CPU
+LAPACK kernels (0.10) split a batch over the intra-op thread pool and block
+until the pieces finish; when the compiled Newton loop runs several such kernels
+concurrently on a machine with few cores, every pool thread waits on work queued
+behind it and the process deadlocks.  :func:`inv_logdet` uses only ordinary XLA
+operations (one loop over the pivots, vectorized over the batch, so the program
+size does not grow with m), and its derivative rule is closed form, so
+gradients and Hessians never differentiate through the loop.
 """
 
 from __future__ import annotations
@@ -16,57 +15,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["cholesky", "solve_lower", "solve_upper", "cho_solve", "logdet_from_chol",
-           "inv_logdet", "sweep_inverse"]
-
-
-def cholesky(A):
-    """Lower-triangular L with L L' = A for a batch ``(..., m, m)`` of SPD matrices."""
-    m = A.shape[-1]
-    idx = jnp.arange(m)
-
-    def column(j, L):
-        # Row j of L holds the finished entries k < j and zeros elsewhere.
-        v = A[..., :, j] - jnp.einsum("...ik,...k->...i", L, L[..., j, :])
-        d = jnp.sqrt(v[..., j])[..., None]
-        col = jnp.where(idx > j, v / d, jnp.where(idx == j, d, 0.0))
-        return L.at[..., :, j].set(col)
-    return jax.lax.fori_loop(0, m, column, jnp.zeros_like(A))
-
-
-def solve_lower(L, B):
-    """X = L^-1 B by forward substitution; L ``(..., m, m)``, B ``(..., m, s)``."""
-    m = L.shape[-1]
-
-    def row(i, X):
-        r = B[..., i, :] - jnp.einsum("...k,...ks->...s", L[..., i, :], X)
-        return X.at[..., i, :].set(r / L[..., i, i][..., None])
-    return jax.lax.fori_loop(0, m, row, jnp.zeros_like(B))
-
-
-def solve_upper(L, B):
-    """X = L'^-1 B by back substitution (L lower triangular)."""
-    m = L.shape[-1]
-
-    def row(t, X):
-        i = m - 1 - t
-        r = B[..., i, :] - jnp.einsum("...k,...ks->...s", L[..., :, i], X)
-        return X.at[..., i, :].set(r / L[..., i, i][..., None])
-    return jax.lax.fori_loop(0, m, row, jnp.zeros_like(B))
-
-
-def cho_solve(L, B):
-    """A^-1 B from the Cholesky factor L of A."""
-    return solve_upper(L, solve_lower(L, B))
-
-
-def logdet_from_chol(L):
-    """log|A| = 2 sum log diag(L), summed over the batch."""
-    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
+__all__ = ["inv_logdet", "sweep_inverse"]
 
 
 def sweep_inverse(A):
-    """(A^-1, log|A|) of SPD matrices by sweeping every pivot (one loop).
+    """(A^-1, log|A|) of SPD matrices ``(..., m, m)`` by sweeping every pivot.
 
     Sweeping pivot k (Goodnight 1979, "A tutorial on the SWEEP operator", Am.
     Stat. 33) maps a_kk -> -1/a_kk, the rest of row and column k -> a/a_kk and the
@@ -98,12 +51,14 @@ def sweep_inverse(A):
 def inv_logdet(A):
     """(A^-1, log|A|) for a batch ``(..., m, m)`` of SPD matrices.
 
-    The derivative rule is closed form, d(A^-1) = -A^-1 dA A^-1 and
-    d log|A| = tr(A^-1 dA), so gradients and Hessians never differentiate
-    through the elimination loop: the compiled program stays small and needs no
-    stored loop residuals.
+    Derivatives (Magnus & Neudecker, "Matrix Differential Calculus", ch. 8):
+    d(A^-1) = -A^-1 dA A^-1 and d log|A| = tr(A^-1 dA); the rule is applied
+    recursively for higher derivatives, so the compiled program stays small and
+    stores no loop residuals.
     """
     return sweep_inverse(A)
+
+
 @inv_logdet.defjvp
 def _inv_logdet_jvp(primals, tangents):
     (A,), (dA,) = primals, tangents

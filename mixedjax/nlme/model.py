@@ -67,7 +67,6 @@ class NlmeModel:
     packing: Packing = field(repr=False)
     weights: VarFunc | None
     correlation: CorStruct | None
-    cor_group: str
     bvar: BoundVar
     bcor: BoundCor
     layout: Layout
@@ -222,38 +221,60 @@ def build_model(kind: str, formula, data, random=None, weights=None, correlation
         keys.append(key)
     terms = _make_terms(levels, data_sub, n)
 
-    if kind == "lme":
-        packing = make_packing(codes[0], n)
-        csub = codes[cor_level] if cor_level is not None else codes[-1]
-        cor_group = levels[-1].display
-    elif correlation is not None:
-        csub, _, _ = group_codes(data_sub, _cumulative(correlation.levels)[-1])
-        packing = make_packing(csub, n)
-        cor_group = "/".join(":".join(c) for c in correlation.levels)
-    else:
-        csub, packing, cor_group = np.zeros(n, np.int64), make_packing(None, n), ""
-
-    if weights is not None:
-        bvar, vcov, vstrat = weights.bind(data_sub, packing.order)
-    else:
-        bvar, vcov, vstrat = NO_VARIANCE, np.ones(n), np.zeros(n, np.int64)
-    if correlation is not None:
-        bcor, ctime = correlation.bind(data_sub, csub, packing.order)
-    else:
-        bcor, ctime = NO_CORRELATION, np.zeros(n)
+    packing, csub = _blocks(kind, data_sub, levels, codes, correlation, cor_level)
+    # nlme sorts the rows by all grouping levels (stable): the first stratum met in
+    # that order is VarIdent's reference.
+    order = packing.order if kind == "gls" else np.argsort(codes[-1], kind="stable")
+    bvar, vcov, vstrat, bcor, ctime = _bind(weights, correlation, data_sub, csub, order)
 
     layout = Layout(n=n, p=X.shape[1], reml=method == "REML",
                     k=tuple(t.k for t in terms), var=bvar.spec, cor=bcor.spec)
     _check_size(layout, n, kind)
     arrays = _pack(packing, X, y, terms, codes, vcov, bvar.param_index(vstrat), ctime, csub)
-    arrays = arrays._replace(cinf=jnp.asarray(bcor.inf, dtype=jnp.float64))
+    arrays = arrays._replace(vcode=jnp.asarray(bvar.code),
+                             cinf=jnp.asarray(bcor.inf, dtype=jnp.float64))
     return NlmeModel(
         kind=kind, formula=formula, response=parsed.response, method=method, data=data_sub,
         y=y, X=X, xnames=xnames, x_design_info=info, x_perm=perm, x_keep=keep,
         levels=levels, level_codes=codes, level_labels=labels, level_keys=keys,
         terms=terms, packing=packing, weights=weights, correlation=correlation,
-        cor_group=cor_group, bvar=bvar, bcor=bcor, layout=layout, arrays=arrays, n_dropped=n_dropped,
+        bvar=bvar, bcor=bcor, layout=layout, arrays=arrays, n_dropped=n_dropped,
         data_name=data.attrs.get("name"))
+
+
+def _blocks(kind, data, levels, codes, correlation, cor_level):
+    """The blocks (lme: outermost groups; gls: correlation groups or single rows)
+    and the correlation-group code of every row."""
+    n = len(data)
+    if kind == "lme":
+        _check_blocks(codes[0], levels[0].name)
+        return make_packing(codes[0], n), codes[cor_level if cor_level is not None else -1]
+    if correlation is not None:
+        csub, _, _ = group_codes(data, _cumulative(correlation.levels)[-1])
+        _check_blocks(csub, "/".join(":".join(c) for c in correlation.levels))
+        return make_packing(csub, n), csub
+    return make_packing(None, n), np.zeros(n, np.int64)
+
+
+def _bind(weights, correlation, data, csub, order):
+    n = len(data)
+    if weights is not None:
+        bvar, vcov, vstrat = weights.bind(data, order)
+    else:
+        bvar, vcov, vstrat = NO_VARIANCE, np.ones(n), np.zeros(n, np.int64)
+    if correlation is not None:
+        bcor, ctime = correlation.bind(data, csub, order)
+    else:
+        bcor, ctime = NO_CORRELATION, np.zeros(n)
+    return bvar, vcov, vstrat, bcor, ctime
+
+
+def _check_blocks(codes: np.ndarray, name: str) -> None:
+    """Blocks are the groups: one group would make the covariance a dense n x n."""
+    if codes.max() < 1:
+        raise ValueError(f"grouping factor {name!r} has a single level; the groups of the "
+                         "random effects (lme) or correlation structure (gls) need at "
+                         "least 2 levels")
 
 
 def _make_terms(levels, data, n) -> list[Term]:
@@ -284,6 +305,6 @@ def _pack(packing: Packing, X, y, terms, codes, vcov, vidx, ctime, csub) -> Arra
         X=pad(X, 0.0), y=pad(y - X @ beta0, 0.0), mask=pad(np.ones(len(y), bool), False),
         Z=tuple(pad(t.Z, 0.0) for t in terms),
         zsub=tuple(pad(codes[t.level], -1) for t in terms),
-        vcov=pad(np.asarray(vcov, np.float64), 1.0), vidx=pad(vidx, 0),
+        vcov=pad(np.asarray(vcov, np.float64), 1.0), vidx=pad(vidx, 0), vcode=None,
         ctime=pad(np.asarray(ctime, np.float64), 0.0), csub=pad(csub, -1), cinf=None,
         beta0=jnp.asarray(beta0, dtype=jnp.float64))

@@ -22,6 +22,8 @@ def _decimals(x: float, digits: int) -> int:
 def format_vector(values, digits: int = 7) -> list[str]:
     """Numbers with common decimals, as R prints a numeric vector."""
     vals = [float(v) for v in values]
+    if any(math.isfinite(v) and v != 0 and not 1e-5 <= abs(v) < 1e15 for v in vals):
+        return [f"{v:.{digits - 1}e}" for v in vals]  # R switches to scientific too
     d = max((_decimals(v, digits) for v in vals), default=0)
     return [f"{v:.{d}f}" if math.isfinite(v) else "NA" for v in vals]
 

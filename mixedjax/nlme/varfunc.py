@@ -51,6 +51,10 @@ class StructSpec:
     size: int = 1
 
 
+# Run-time codes of the variance functions with parameters delta.
+DELTA_CODES = {"ident": 0, "power": 1, "exp": 2}
+
+
 @dataclass(frozen=True)
 class BoundVar:
     """A variance function evaluated on the data.
@@ -75,7 +79,16 @@ class BoundVar:
 
     @property
     def spec(self) -> StructSpec:
+        # VarIdent, VarPower and VarExp share one compiled form ("delta"), the
+        # function being chosen at run time by ``code``: fits comparing variance
+        # functions on the same data compile once.
+        if self.kind in DELTA_CODES:
+            return StructSpec("delta", self.nparams)
         return StructSpec(self.kind, self.nparams)
+
+    @property
+    def code(self) -> int:
+        return DELTA_CODES.get(self.kind, 0)
 
     def param_index(self, strat: np.ndarray) -> np.ndarray:
         """Per row, the index into [0, delta...] of the row's parameter."""
@@ -95,22 +108,24 @@ NO_VARIANCE = BoundVar(kind="none", form="", names=(), strata=(), start=(), fixe
                        uses_fitted=False, description="")
 
 
-def sd_multiplier(spec: StructSpec, params, cov, index):
+def sd_multiplier(spec: StructSpec, params, cov, index, code):
     """g(v, delta) for every (padded) row: the residual sd relative to sigma.
 
     Pinheiro & Bates (2000), eq. 5.10 and table 5.1.  ``index`` picks each row's
-    parameter from [0, delta...] (VarIdent's reference stratum takes the 0).
+    parameter from [0, delta...] (VarIdent's reference stratum takes the 0);
+    ``code`` (DELTA_CODES) selects VarIdent, VarPower or VarExp at run time.
     """
-    e = jnp.concatenate([jnp.zeros(1, cov.dtype), params])[index]
-    if spec.kind == "ident":
-        return jnp.exp(e)
-    if spec.kind == "power":
-        return jnp.power(jnp.abs(cov), e)
-    if spec.kind == "exp":
-        return jnp.exp(e * cov)
     if spec.kind == "fixed":
         return jnp.sqrt(jnp.abs(cov))
-    return jnp.ones_like(cov)
+    if spec.kind != "delta":
+        return jnp.ones_like(cov)
+    e = jnp.concatenate([jnp.zeros(1, cov.dtype), params])[index]
+    # All three are evaluated; the unused ones get inputs that cannot overflow, so
+    # no infinity reaches the derivatives of the selected one.
+    power = jnp.power(jnp.where(code == 1, jnp.abs(cov), 1.0), e)
+    expo = jnp.exp(jnp.where(code == 2, e * cov, 0.0))
+    ident = jnp.exp(jnp.where(code == 0, e, 0.0))
+    return jnp.where(code == 0, ident, jnp.where(code == 1, power, expo))
 
 
 def covariate_values(data: pd.DataFrame, expr: str, where: str) -> np.ndarray:
