@@ -151,3 +151,15 @@ def test_caterpillar_many_levels_are_not_labelled():
     assert len(_points(ax)[0]) == 80
     assert ax.get_ylabel() == "rank"
     assert len(ax.get_yticks()) < 20            # numeric rank ticks, not 80 level names
+
+
+def test_power_curve_from_a_power_curve_result():
+    from mixedjax.powersim import PowerCurve
+    table = pd.DataFrame({"size": [2, 4, 6], "power": [0.15, 0.3, 0.45], "se": [0.02] * 3,
+                          "lower": [0.1, 0.24, 0.38], "upper": [0.2, 0.36, 0.52],
+                          "nobs": [40, 80, 120], "n_failed": [0, 0, 0]})
+    pc = PowerCurve(table=table, along="n_groups", test="F test of 'colour'", alpha=0.05)
+    (ax,) = plots.power_curve(pc).get_axes()
+    x, y = _points(ax)
+    np.testing.assert_allclose(x, [2, 4, 6])
+    np.testing.assert_allclose(y, [0.15, 0.3, 0.45])
