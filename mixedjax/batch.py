@@ -15,7 +15,7 @@ Memory stays bounded: one chunk of responses and fit state at a time, plus one r
 of summaries per replicate.  Each chunk is sharded over all JAX devices
 (``jax.sharding.Mesh`` + ``NamedSharding`` on the lane axis); the design arrays are
 replicated.  Compiled code is reused across chunks and calls: one function per
-(design structure, chunk size, padded n, REML/ML).
+(design structure, chunk size, padded n), for REML and ML fits alike.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
         live = lanes.rep >= 0
         cap = np.maximum(np.minimum(STEP_ITER, max_iter - lanes.done_iter), 1)
         res = batchfit.fit_chunk(_place(lanes.theta, mesh), A, R, C, _place(lanes.Y, mesh),
-                                 _place(cap, mesh), reml=spec.reml)
+                                 _place(cap, mesh), jnp.asarray(spec.reml))
         res = jax.tree_util.tree_map(np.asarray, res)
         total = lanes.done_iter + res.iterations
         # A lane is finished when Newton stopped on its own or used up max_iter.

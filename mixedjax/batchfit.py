@@ -1,7 +1,7 @@
 """Fitting one design to many responses at once: the vmapped Newton kernel.
 
 The profiled criterion is :func:`mixedjax.pls.objective` (Bates et al. 2015,
-JSS 67(1), eqs. 35 and 42); only its last steps are written again here, for two
+JSS 67(1), eqs. 35 and 42); parts of it are written again here, for three
 reasons that matter when thousands of fits run side by side under ``jax.vmap``:
 
 * **No batched LAPACK.**  On CPU, jaxlib 0.10 runs a batched LAPACK call
@@ -13,8 +13,12 @@ reasons that matter when thousands of fits run side by side under ``jax.vmap``:
   jnp), and the Newton direction uses the Jacobi eigenvalue method
   (:func:`jacobi_eigh`), so a batched fit contains no LAPACK call at all.
 * **One derivative pass per iteration.**  The objective, its gradient and its
-  Hessian come from one forward-over-reverse pass (:func:`value_grad_hess`)
-  instead of separate ``value_and_grad`` and ``hessian`` calls.
+  Hessian come from one forward-mode pass (:func:`value_grad_hess`) instead of
+  separate ``value_and_grad`` and ``hessian`` calls.
+* **Dense coupling for small crossed designs.**  The first term's coupling to the
+  later terms is kept as a dense array when it is small (:class:`Coupling`), which
+  replaces gathers and scatter-adds by batched products (about 18 times faster
+  on Penicillin).
 
 The Newton iteration mirrors :func:`mixedjax.optimize.newton_minimize`
 (eigenvalue-modified Hessian, capped step, Armijo backtracking, the same
@@ -247,19 +251,49 @@ def _parts(F: pls.Factor, A: pls.PLSArrays):
     return logdet_z, ld[1] - ld[0], jnp.exp(ld[2] - ld[1])
 
 
-def objective(theta, A: pls.PLSArrays, reml: bool = True, C: Coupling = Coupling(None)):
-    """The profiled REML criterion or deviance; equals :func:`pls.objective`."""
+def _dof(A: pls.PLSArrays, reml):
+    return jnp.where(reml, A.n - A.p, A.n)
+
+
+def _criterion(logdet_z, logdet_x, pwrss, A: pls.PLSArrays, reml):
+    """JSS eqs. 35 / 42 as in :func:`pls._criterion`, with ``reml`` an array, so REML
+    and ML fits of one design share a compiled kernel."""
+    dof = _dof(A, reml)
+    value = logdet_z + dof * (1.0 + jnp.log(2.0 * jnp.pi * pwrss / dof)) - A.ldw
+    return value + jnp.where(reml, logdet_x, 0.0)
+
+
+def objective(theta, A: pls.PLSArrays, reml=True, C: Coupling = Coupling(None)):
+    """The profiled REML criterion (``reml`` true) or deviance; equals
+    :func:`pls.objective`.  ``reml`` may be a traced boolean."""
     logdet_z, logdet_x, pwrss = _parts(factor(theta, A, C), A)
-    return pls._criterion(logdet_z, logdet_x, pwrss, A, reml)
+    return _criterion(logdet_z, logdet_x, pwrss, A, reml)
+
+
+FORWARD_HESSIAN_MAX = 6  # theta sizes up to which the Hessian is forward-over-forward
 
 
 def value_grad_hess(fun, x, *args):
-    """f(x), its gradient and its Hessian from one forward-over-reverse pass."""
-    def grad_aux(x):
-        f, g = jax.value_and_grad(fun)(x, *args)
-        return g, (f, g)
+    """f(x), its gradient and its Hessian in one pass.
 
-    H, (f, g) = jax.jacfwd(grad_aux, has_aux=True)(x)
+    For the few entries of theta of most models, forward-over-forward mode (n + n^2
+    directional derivatives, nothing stored for a reverse sweep) runs about twice as
+    fast under ``vmap`` as forward-over-reverse; for larger theta, whose n^2 grows,
+    forward-over-reverse is used.
+    """
+    if x.shape[0] <= FORWARD_HESSIAN_MAX:
+        def grad_aux(x):
+            g = jax.jacfwd(fun)(x, *args)
+            return g, g
+
+        H, g = jax.jacfwd(grad_aux, has_aux=True)(x)
+        f = fun(x, *args)
+    else:
+        def grad_aux(x):
+            f, g = jax.value_and_grad(fun)(x, *args)
+            return g, (f, g)
+
+        H, (f, g) = jax.jacfwd(grad_aux, has_aux=True)(x)
     return f, g, 0.5 * (H + H.T)
 
 
@@ -268,9 +302,7 @@ def value_grad_hess(fun, x, *args):
 # ----------------------------------------------------------------------------------
 class _State(NamedTuple):
     x: jax.Array
-    f: jax.Array
-    g: jax.Array
-    H: jax.Array
+    conv: jax.Array    # the convergence test at x (from the last g and H)
     it: jax.Array
     status: jax.Array  # -1 while running; then 0 zero gradient, 1 small step,
     #                    2 line search stalled, 3 iteration limit
@@ -329,13 +361,14 @@ def newton(fun, x0, args, max_iter, gtol: float = 1e-6, xtol: float = 1e-10,
     iteration cap.
     """
     x0 = jnp.asarray(x0, jnp.float64)
-    nx = x0.shape[0]
-    state = _State(x0, jnp.array(jnp.inf), jnp.zeros(nx), jnp.zeros((nx, nx)),
-                   jnp.array(0), jnp.array(-1))
+    state = _State(x0, jnp.array(False), jnp.array(0), jnp.array(-1))
 
     def body(s: _State) -> _State:
         f, g, H = value_grad_hess(fun, s.x, *args)
-        step, _, _, _ = _direction(g, H, max_step * jnp.maximum(1.0, jnp.linalg.norm(s.x)))
+        step, decrement, min_eval, scale = _direction(
+            g, H, max_step * jnp.maximum(1.0, jnp.linalg.norm(s.x)))
+        # Converged: small Newton decrement, no clearly negative curvature.
+        conv = (decrement <= gtol) & (min_eval >= -1e-6 * scale) & jnp.all(jnp.isfinite(g))
         alpha, ok = _line_search(fun, s.x, f, g, step, args)
         xnew = jnp.where(ok, s.x + alpha * step, s.x)
         small = jnp.max(jnp.abs(alpha * step)) <= xtol * (1.0 + jnp.max(jnp.abs(s.x)))
@@ -347,12 +380,10 @@ def newton(fun, x0, args, max_iter, gtol: float = 1e-6, xtol: float = 1e-10,
         # At the iteration cap the accepted step is still taken, so a continuation
         # from the returned point resumes the iteration without repeating a step.
         x_out = jnp.where((status < 0) | ((status == 3) & ok), xnew, s.x)
-        return _State(x_out, f, g, H, s.it + 1, status)
+        return _State(x_out, conv, s.it + 1, status)
 
     s = jax.lax.while_loop(lambda s: s.status < 0, body, state)
-    _, decrement, min_eval, scale = _direction(s.g, s.H, max_step)
-    converged = (decrement <= gtol) & (min_eval >= -1e-6 * scale) & jnp.all(jnp.isfinite(s.g))
-    return s.x, converged, s.it, s.status
+    return s.x, s.conv, s.it, s.status
 
 
 # ----------------------------------------------------------------------------------
@@ -378,7 +409,7 @@ class FitSummary(NamedTuple):
     status: jax.Array
 
 
-def solve_summary(theta, A: pls.PLSArrays, reml: bool, C: Coupling = Coupling(None)):
+def solve_summary(theta, A: pls.PLSArrays, reml, C: Coupling = Coupling(None)):
     """beta, standard errors, sigma and the criterion at ``theta`` (JSS eqs. 16-18, 54)."""
     s = A.structure
     qr, p = s.q_rest, s.p
@@ -390,14 +421,14 @@ def solve_summary(theta, A: pls.PLSArrays, reml: bool, C: Coupling = Coupling(No
     logdet_x = 2.0 * jnp.sum(d[qr:qr + p])
     pwrss = Lr[-1, -1] ** 2
     x = back_solve(Lr[:-1, :-1], Lr[-1, :-1])
-    sigma = jnp.sqrt(pwrss / (A.n - A.p if reml else A.n))
+    sigma = jnp.sqrt(pwrss / _dof(A, reml))
     Rinv = tri_inv(Lr[qr:qr + p, qr:qr + p])
     stderr = sigma * jnp.sqrt(jnp.sum(Rinv * Rinv, axis=0))
-    obj = pls._criterion(logdet_z, logdet_x, pwrss, A, reml)
+    obj = _criterion(logdet_z, logdet_x, pwrss, A, reml)
     return x[qr:], stderr, sigma, obj
 
 
-def fit_one(theta0, A: pls.PLSArrays, reml: bool, max_iter,
+def fit_one(theta0, A: pls.PLSArrays, reml, max_iter,
             C: Coupling = Coupling(None)) -> FitSummary:
     """Fit theta by Newton from ``theta0`` and summarize the fit (pure, vmappable)."""
     x, converged, it, status = newton(objective, theta0, (A, reml, C), max_iter)
@@ -407,15 +438,18 @@ def fit_one(theta0, A: pls.PLSArrays, reml: bool, max_iter,
                       objective=obj, converged=converged, iterations=it, status=status)
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
-def fit_chunk(theta0, A: pls.PLSArrays, R: pls.ResponseMap, C: Coupling, Y, max_iter,
-              reml: bool):
+@jax.jit
+def fit_chunk(theta0, A: pls.PLSArrays, R: pls.ResponseMap, C: Coupling, Y, max_iter, reml):
     """Fit every row of ``Y`` (B, n) from its row of ``theta0`` (B, ntheta), each
-    for at most its entry of ``max_iter`` (B,) Newton iterations.
+    for at most its entry of ``max_iter`` (B,) Newton iterations, by REML when the
+    boolean ``reml`` is true, else by ML.
 
-    One compiled function per (design structure, B, n, reml): the iteration caps
-    are arguments, so first passes and continuations share it.
+    One compiled function per (design structure, B, n): the iteration caps and the
+    REML flag are arguments, so first passes, continuations and REML and ML fits
+    share it.
     """
+    reml = jnp.asarray(reml)
+
     def one(t0, y, cap):
         return fit_one(t0, pls.with_response(A, R, y), reml, cap, C)
 

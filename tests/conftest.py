@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-import mixedjax
+# The test run compiles hundreds of distinct programs; serializing them into JAX's
+# persistent cache has aborted the process inside jaxlib 0.10 (executable.serialize)
+# on a cold cache.  Tests, their subprocesses and notebook kernels compile in memory.
+os.environ["MIXEDJAX_COMPILATION_CACHE"] = "0"
+
+import mixedjax  # noqa: E402
 
 REF = Path(__file__).parent / "reference"
 

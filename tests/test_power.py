@@ -84,15 +84,16 @@ def test_p_values_equal_single_fits(t_power):
     fit = mixedjax.lmer(FORMULA, data)
     p_t = fit.coef_table().loc["trtB", "Pr(>|t|)"]
     assert t_power.pvalues[0] == pytest.approx(p_t, rel=1e-6)
-    wald = mixedjax.power(design(), FORMULA, PARAMS, test="wald:trtB", nsim=50, key=1)
+    wald = mixedjax.power(design(), FORMULA, PARAMS, test="wald:trtB", nsim=100, key=1)
     z = fit.fixef["trtB"] / fit.stderr["trtB"]
     assert wald.pvalues[0] == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-6)
-    lrt = mixedjax.power(design(), FORMULA, PARAMS, test="lrt:trt", nsim=50, key=1)
+    lrt = mixedjax.power(design(), FORMULA, PARAMS, test="lrt:trt", nsim=100, key=1)
     full = mixedjax.lmer(FORMULA, data, reml=False)
     null = mixedjax.lmer("y ~ 1 + (1 | g)", data, reml=False)
     assert lrt.pvalues[0] == pytest.approx(
         stats.chi2.sf(null.objective - full.objective, 2), rel=1e-6)
-    reduced = mixedjax.power(design(), FORMULA, PARAMS, test="y ~ 1 + (1 | g)", nsim=50, key=1)
+    reduced = mixedjax.power(design(), FORMULA, PARAMS, test="y ~ 1 + (1 | g)", nsim=100,
+                             key=1)
     np.testing.assert_allclose(reduced.pvalues, lrt.pvalues, rtol=1e-9)
 
 
@@ -168,6 +169,6 @@ def test_bad_power_curve_input(kwargs, err, match):
 def test_unused_model_columns_are_not_needed():
     """The response column may be absent or hold anything: only the design counts."""
     d = design().assign(y=np.nan)
-    res = mixedjax.power(d, FORMULA, PARAMS, test="trtB", nsim=50, key=1)
-    ref = mixedjax.power(design(), FORMULA, PARAMS, test="trtB", nsim=50, key=1)
+    res = mixedjax.power(d, FORMULA, PARAMS, test="trtB", nsim=100, key=1)
+    ref = mixedjax.power(design(), FORMULA, PARAMS, test="trtB", nsim=100, key=1)
     np.testing.assert_array_equal(res.pvalues, ref.pvalues)
