@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import pls
+from . import analytic, pls
 from .model import rectify
 
 __all__ = ["chol", "tri_inv", "jacobi_eigh", "objective", "value_grad_hess", "FitSummary",
@@ -354,17 +354,20 @@ def _line_search(fun, x, f, g, step, args):
 
 
 def newton(fun, x0, args, max_iter, gtol: float = 1e-6, xtol: float = 1e-10,
-           max_step: float = 2.0):
+           max_step: float = 2.0, vgh=None):
     """Minimize ``fun(x, *args)`` from ``x0``; returns (x, converged, iterations, status).
 
     ``max_iter`` may be a traced integer, so one compiled kernel serves every
-    iteration cap.
+    iteration cap.  ``vgh(x, *args)`` gives the value, gradient and Hessian
+    (default: :func:`value_grad_hess` of ``fun``).
     """
+    if vgh is None:
+        vgh = functools.partial(value_grad_hess, fun)
     x0 = jnp.asarray(x0, jnp.float64)
     state = _State(x0, jnp.array(False), jnp.array(0), jnp.array(-1))
 
     def body(s: _State) -> _State:
-        f, g, H = value_grad_hess(fun, s.x, *args)
+        f, g, H = vgh(s.x, *args)
         step, decrement, min_eval, scale = _direction(
             g, H, max_step * jnp.maximum(1.0, jnp.linalg.norm(s.x)))
         # Converged: small Newton decrement, no clearly negative curvature.
@@ -430,8 +433,18 @@ def solve_summary(theta, A: pls.PLSArrays, reml, C: Coupling = Coupling(None)):
 
 def fit_one(theta0, A: pls.PLSArrays, reml, max_iter,
             C: Coupling = Coupling(None)) -> FitSummary:
-    """Fit theta by Newton from ``theta0`` and summarize the fit (pure, vmappable)."""
-    x, converged, it, status = newton(objective, theta0, (A, reml, C), max_iter)
+    """Fit theta by Newton from ``theta0`` and summarize the fit (pure, vmappable).
+
+    Where :mod:`mixedjax.analytic` applies (one grouping factor, or a small dense
+    coupling), its closed-form derivatives replace automatic differentiation: the
+    same numbers, about N times faster under ``vmap`` and M times faster to compile.
+    """
+    if analytic.applicable(A.structure, C.V is not None):
+        def vgh(x, A, reml, C):
+            return analytic.value_grad_hess(x, A, reml, C.V)
+    else:
+        vgh = None
+    x, converged, it, status = newton(objective, theta0, (A, reml, C), max_iter, vgh=vgh)
     theta = rectify(x, A.structure)
     beta, stderr, sigma, obj = solve_summary(theta, A, reml, C)
     return FitSummary(theta=theta, theta_raw=x, beta=beta, stderr=stderr, sigma=sigma,

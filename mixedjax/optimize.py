@@ -22,8 +22,9 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["NewtonResult", "newton_minimize", "bfgs_minimize"]
+__all__ = ["NewtonResult", "newton_minimize", "newton_minimize_eager", "bfgs_minimize"]
 
 
 class NewtonResult(NamedTuple):
@@ -53,23 +54,82 @@ class _State(NamedTuple):
     status: jax.Array  # -1 while running
 
 
-def _direction(g, H, max_step):
-    evals, evecs = jnp.linalg.eigh(H)
-    scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)
-    mod = jnp.maximum(jnp.abs(evals), 1e-10 * scale)
+def _direction(g, H, max_step, xp=jnp):
+    """Newton step from the eigenvalue-modified Hessian, and the Newton decrement.
+    ``xp``: jax.numpy (traced) or numpy (eager)."""
+    evals, evecs = xp.linalg.eigh(H)
+    scale = xp.maximum(xp.max(xp.abs(evals)), 1.0)
+    mod = xp.maximum(xp.abs(evals), 1e-10 * scale)
     gv = evecs.T @ g
     step = -evecs @ (gv / mod)
     # At a saddle the gradient is tiny but the curvature is negative: step along
     # the most negative eigenvector, oriented downhill (or arbitrarily when g = 0).
     neg = evals[0] < -1e-8 * scale
     v = evecs[:, 0]
-    v = jnp.where(gv[0] > 0, -v, v)
-    saddle = neg & (jnp.linalg.norm(step) < 1e-6)
-    step = jnp.where(saddle, v * jnp.minimum(max_step, 1.0), step)
-    norm = jnp.linalg.norm(step)
-    step = jnp.where(norm > max_step, step * (max_step / norm), step)
-    decrement = jnp.sum(gv * gv / mod)
+    v = xp.where(gv[0] > 0, -v, v)
+    saddle = neg & (xp.linalg.norm(step) < 1e-6)
+    step = xp.where(saddle, v * xp.minimum(max_step, 1.0), step)
+    norm = xp.linalg.norm(step)
+    step = xp.where(norm > max_step, step * (max_step / xp.maximum(norm, 1e-300)), step)
+    decrement = xp.sum(gv * gv / mod)
     return step, decrement
+
+
+def _accept(f, slope):
+    """The line search's acceptance test for a step with directional derivative
+    ``slope`` from value ``f`` (see ``newton_minimize``)."""
+    tol = 1e-13 * max(abs(f), 1.0)
+    noise = 1e-10 * max(abs(f), 1.0)
+    flat = -slope <= noise
+
+    def accept(alpha, fnew):
+        return (fnew <= f + 1e-4 * alpha * slope + tol) or (flat and fnew <= f + noise)
+
+    return accept
+
+
+def newton_minimize_eager(vgh: Callable, fun: Callable, x0, max_iter: int = 200,
+                          gtol: float = 1e-6, xtol: float = 1e-10,
+                          max_step: float = 2.0) -> NewtonResult:
+    """:func:`newton_minimize` in NumPy, for closed-form derivatives.
+
+    ``vgh(x)`` returns (f, gradient, Hessian) and ``fun(x)`` the value, both on NumPy
+    arrays.  The rules (step, line search, stopping, convergence test) are those of
+    :func:`newton_minimize`, so both reach the same point; nothing is compiled,
+    which makes a small model's first fit take milliseconds instead of seconds.
+    """
+    x = np.asarray(x0, dtype=np.float64).copy()
+    it = nfev = 0
+    status = -1
+    f, g, H = np.inf, np.zeros_like(x), np.zeros((x.size, x.size))
+    while status < 0:
+        f, g, H = vgh(x)
+        f = float(f)
+        step, _ = _direction(g, H, max_step * max(1.0, float(np.linalg.norm(x))), xp=np)
+        accept = _accept(f, float(g @ step))
+        alpha, fnew, nls = 2.0, np.inf, 0
+        while not accept(alpha, fnew) and nls < 40:
+            alpha *= 0.5
+            fnew = float(fun(x + alpha * step))
+            fnew = fnew if np.isfinite(fnew) else np.inf
+            nls += 1
+        ok = accept(alpha, fnew)
+        small = np.max(np.abs(alpha * step)) <= xtol * (1.0 + np.max(np.abs(x)))
+        stationary = np.max(np.abs(g)) == 0.0 and np.all(step == 0.0)
+        status = 0 if stationary else 2 if not ok else 1 if small else -1
+        if status < 0 and it + 1 >= max_iter:
+            status = 3
+        if status < 0:
+            x = x + alpha * step
+        it += 1
+        nfev += nls + 1
+    _, decrement = _direction(g, H, max_step, xp=np)
+    evals = np.linalg.eigvalsh(H)
+    scale = max(np.max(np.abs(evals)), 1.0)
+    converged = bool(decrement <= gtol and evals[0] >= -1e-6 * scale and np.all(np.isfinite(g)))
+    return NewtonResult(x=x, fun=np.asarray(f), grad=np.asarray(g), hess=np.asarray(H),
+                        iterations=np.asarray(it), fun_evals=np.asarray(nfev),
+                        status=np.asarray(status), converged=np.asarray(converged))
 
 
 def newton_minimize(fun: Callable, x0, *args, max_iter: int = 200, gtol: float = 1e-6,

@@ -18,6 +18,7 @@ import pandas as pd
 import patsy
 
 from . import pls
+from .analytic import lambdas_np
 
 if TYPE_CHECKING:
     from .summary import Summary
@@ -65,7 +66,7 @@ class LMMResult:
             "seconds": elapsed,
         }
         # Relative covariance factors and spherical random effects, per term.
-        self._lambdas = [np.asarray(lam) for lam in pls.theta_to_lambdas(jnp.asarray(self.theta), s)]
+        self._lambdas = lambdas_np(self.theta, s)
         self._u = self._split_u(np.asarray(sol.u0), np.asarray(sol.u_rest))
 
     # -- basic quantities ------------------------------------------------------------
