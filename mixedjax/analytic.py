@@ -121,6 +121,16 @@ class _Ops(NamedTuple):
 
 
 def _np_spd_small(M):
+    k = M.shape[-1]
+    # Closed forms for the common 1 x 1 and 2 x 2 blocks (LAPACK's call overhead
+    # dominates at this size).  M = Lambda' D Lambda + I is SPD with eigenvalues >= 1.
+    if k == 1:
+        return 1.0 / M, np.log(M[..., 0, 0])
+    if k == 2:
+        a, b, d = M[..., 0, 0], M[..., 1, 0], M[..., 1, 1]
+        det = a * d - b * b
+        P = np.stack([np.stack([d, -b], -1), np.stack([-b, a], -1)], -2) / det[..., None, None]
+        return P, np.log(det)
     L = np.linalg.cholesky(M)
     Linv = np.linalg.inv(L)
     return np.swapaxes(Linv, -1, -2) @ Linv, 2.0 * np.sum(np.log(np.diagonal(L, 0, -2, -1)), -1)
@@ -174,6 +184,9 @@ def _t(x, xp):
 # ----------------------------------------------------------------------------------
 def _coefficients(A, reml, xp):
     """(nu, c_qr, c_qrp, c_all) of the log-determinant form (module docstring)."""
+    if isinstance(reml, (bool, np.bool_)):
+        nu = float(A.n - A.p) if reml else float(A.n)
+        return nu, 0.0 if reml else 1.0, 1.0 - nu if reml else -nu, nu
     nu = xp.where(reml, A.n - A.p, A.n)
     c_qr = xp.where(reml, 0.0, 1.0)
     c_qrp = xp.where(reml, 1.0 - nu, -nu)
@@ -217,7 +230,7 @@ def value_grad_hess(theta, A: pls.PLSArrays, reml, V=None, order: int = 2, block
     E0, F, J = K.E0, K.F, K.J
     nt = theta.shape[0]
     nr = nt - n0
-    eye0 = xp.eye(k0)
+    eye0 = np.eye(k0)
 
     lam0 = xp.einsum("i,ikl->kl", theta[:n0], E0)
     d1 = A.d1
@@ -237,7 +250,7 @@ def value_grad_hess(theta, A: pls.PLSArrays, reml, V=None, order: int = 2, block
     Hm = R0 - contract(T)
     lam_e = J + xp.einsum("r,rij->ij", theta[n0:], F) if nr else xp.asarray(J)
     lam_et = lam_e.T
-    S = mm(mm(lam_et, Hm), lam_e) + xp.diag(K.D0)
+    S = mm(mm(lam_et, Hm), lam_e) + np.diag(K.D0)
     nu, c_qr, c_qrp, c_all = _coefficients(A, reml, xp)
     Linv, logdiag = ops.chol_inv(S)
     cum = xp.cumsum(2.0 * logdiag)
@@ -291,11 +304,10 @@ def value_grad_hess(theta, A: pls.PLSArrays, reml, V=None, order: int = 2, block
     cn_i, cn_j = cn[:, :, I], cn[:, :, Jj]               # (m0, Ns, n0, n0)
     cu_i, cu_j = cu[:, :, I], cu[:, :, Jj]
 
-    def outer(w, x, y):
-        return xp.einsum("aij,arij,asij->ijrs", w, x, y)
-
-    X = (-outer(DU[:, ri[Jj], ci[I]], cn_i, cu_j) - outer(DN[:, ri[Jj], ri[I]], cu_i, cu_j)
-         + outer(p_ji, cn_j, cn_i) - outer(kp_ji, cn_j, cu_i))
+    w = xp.stack([-DU[:, ri[Jj], ci[I]], -DN[:, ri[Jj], ri[I]], p_ji, -kp_ji])
+    x = xp.stack([cn_i, cu_i, cn_j, cn_j])
+    y = xp.stack([cu_j, cu_j, cn_i, cu_i])
+    X = xp.einsum("taij,tarij,tasij->ijrs", w, x, y)
     d2H00 = -(X + _t(X, xp))
     d2S00 = mm(mm(lam_et, d2H00), lam_e)
     if nr:
