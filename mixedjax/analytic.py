@@ -184,7 +184,7 @@ def _t(x, xp):
 # ----------------------------------------------------------------------------------
 def _coefficients(A, reml, xp):
     """(nu, c_qr, c_qrp, c_all) of the log-determinant form (module docstring)."""
-    if isinstance(reml, (bool, np.bool_)):
+    if xp is np and isinstance(reml, (bool, np.bool_)):
         nu = float(A.n - A.p) if reml else float(A.n)
         return nu, 0.0 if reml else 1.0, 1.0 - nu if reml else -nu, nu
     nu = xp.where(reml, A.n - A.p, A.n)

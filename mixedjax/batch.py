@@ -60,7 +60,9 @@ def pad_rows(R: pls.ResponseMap, n_pad: int) -> pls.ResponseMap:
     extra = n_pad - n
 
     def grow(a):
-        return jnp.concatenate([a, jnp.zeros((extra,) + a.shape[1:], a.dtype)])
+        # NumPy, then one transfer: eager jnp ops would each compile a kernel.
+        a = np.asarray(a)
+        return jnp.asarray(np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)]))
 
     return pls.ResponseMap(*[grow(a) for a in R])
 

@@ -36,8 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import analytic, pls
+from . import analytic, lanes, pls
 from .model import rectify
+from .optimize import armijo_test
 
 __all__ = ["chol", "tri_inv", "jacobi_eigh", "objective", "value_grad_hess", "FitSummary",
            "fit_one", "newton"]
@@ -325,19 +326,7 @@ def _direction(g, H, max_step):
 
 
 def _line_search(fun, x, f, g, step, args):
-    slope = jnp.dot(g, step)
-    tol = 1e-13 * jnp.maximum(jnp.abs(f), 1.0)
-    # Once the predicted decrease is below the round-off of f, the sufficient-decrease
-    # test cannot judge the step: a step that changes f by no more than that
-    # round-off is taken.  f carries more than eps * |f| of round-off (pwrss is y'y
-    # less the fitted part, and n log(pwrss) amplifies that cancellation), so the
-    # bound is generous.  Without this the iteration can stall with
-    # |theta - theta*| ~ sqrt(eps); a real increase (a saddle step) is still refused.
-    noise = 1e-10 * jnp.maximum(jnp.abs(f), 1.0)
-    flat = -slope <= noise
-
-    def accept(alpha, fnew):
-        return (fnew <= f + 1e-4 * alpha * slope + tol) | (flat & (fnew <= f + noise))
+    accept = armijo_test(f, jnp.dot(g, step))
 
     def cond(c):
         alpha, fnew, k = c
@@ -437,7 +426,8 @@ def fit_one(theta0, A: pls.PLSArrays, reml, max_iter,
 
     Where :mod:`mixedjax.analytic` applies (one grouping factor, or a small dense
     coupling), its closed-form derivatives replace automatic differentiation: the
-    same numbers, about N times faster under ``vmap`` and M times faster to compile.
+    same numbers and run time under ``vmap``, but a smaller graph (the sleepstudy
+    chunk kernel compiled in 2.4 s instead of 4.0 s).
     """
     if analytic.applicable(A.structure, C.V is not None):
         def vgh(x, A, reml, C):
@@ -462,8 +452,28 @@ def fit_chunk(theta0, A: pls.PLSArrays, R: pls.ResponseMap, C: Coupling, Y, max_
     share it.
     """
     reml = jnp.asarray(reml)
+    if lanes.applicable(A.structure, C.V is not None):
+        return _fit_lanes(theta0, A, R, C, Y, max_iter, reml)
 
     def one(t0, y, cap):
         return fit_one(t0, pls.with_response(A, R, y), reml, cap, C)
 
     return jax.vmap(one)(theta0, Y, max_iter)
+
+
+def _fit_lanes(theta0, A, R, C, Y, max_iter, reml):
+    """:func:`fit_chunk` through the lane-wise kernel of :mod:`mixedjax.lanes`
+    (same iteration, same results; several times less work per lane)."""
+    D = lanes.data(A, R, Y)
+
+    def vgh(x):
+        return lanes.value_grad_hess(x, A, C.V, D, reml)
+
+    def fun(x):
+        return lanes.value_grad_hess(x, A, C.V, D, reml, order=0)[0]
+
+    x, converged, it, status = lanes.newton(vgh, fun, theta0, max_iter)
+    theta = jax.vmap(lambda t: rectify(t, A.structure))(x)
+    obj, beta, stderr, sigma = lanes.value_grad_hess(theta, A, C.V, D, reml, order=-1)
+    return FitSummary(theta=theta, theta_raw=x, beta=beta, stderr=stderr, sigma=sigma,
+                      objective=obj, converged=converged, iterations=it, status=status)

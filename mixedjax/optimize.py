@@ -75,15 +75,25 @@ def _direction(g, H, max_step, xp=jnp):
     return step, decrement
 
 
-def _accept(f, slope):
-    """The line search's acceptance test for a step with directional derivative
-    ``slope`` from value ``f`` (see ``newton_minimize``)."""
-    tol = 1e-13 * max(abs(f), 1.0)
-    noise = 1e-10 * max(abs(f), 1.0)
+def armijo_test(f, slope, xp=jnp):
+    """The line search's acceptance test ``accept(alpha, f_new)`` for a step with
+    directional derivative ``slope`` from value ``f`` (arrays of any shape: one fit
+    or many lanes; ``xp`` jax.numpy or numpy).
+
+    Armijo's sufficient decrease, with one addition: once the predicted decrease is
+    below the round-off of f, the test cannot judge the step, so a step that changes
+    f by no more than that round-off is taken.  f carries more than eps * |f| of
+    round-off (pwrss is y'y less the fitted part, and n log(pwrss) amplifies that
+    cancellation), so the bound is generous.  Without this the iteration can stall
+    with |theta - theta*| ~ sqrt(eps); a real increase (a saddle step) is still
+    refused.
+    """
+    tol = 1e-13 * xp.maximum(xp.abs(f), 1.0)
+    noise = 1e-10 * xp.maximum(xp.abs(f), 1.0)
     flat = -slope <= noise
 
     def accept(alpha, fnew):
-        return (fnew <= f + 1e-4 * alpha * slope + tol) or (flat and fnew <= f + noise)
+        return (fnew <= f + 1e-4 * alpha * slope + tol) | (flat & (fnew <= f + noise))
 
     return accept
 
@@ -106,7 +116,7 @@ def newton_minimize_eager(vgh: Callable, fun: Callable, x0, max_iter: int = 200,
         f, g, H = vgh(x)
         f = float(f)
         step, _ = _direction(g, H, max_step * max(1.0, float(np.linalg.norm(x))), xp=np)
-        accept = _accept(f, float(g @ step))
+        accept = armijo_test(f, float(g @ step), xp=np)
         alpha, fnew, nls = 2.0, np.inf, 0
         while not accept(alpha, fnew) and nls < 40:
             alpha *= 0.5
@@ -153,17 +163,7 @@ def newton_minimize(fun: Callable, x0, *args, max_iter: int = 200, gtol: float =
                    jnp.array(0), jnp.array(0), jnp.array(-1))
 
     def line_search(x, f, g, step):
-        slope = jnp.dot(g, step)
-        tol = 1e-13 * jnp.maximum(jnp.abs(f), 1.0)
-        # A predicted decrease below the round-off of f (n log(pwrss) amplifies the
-        # cancellation in pwrss) cannot be judged by the sufficient-decrease test: a
-        # step that changes f by no more than that round-off is taken, or the
-        # iteration stalls with |theta - theta*| ~ sqrt(eps).
-        noise = 1e-10 * jnp.maximum(jnp.abs(f), 1.0)
-        flat = -slope <= noise
-
-        def accept(alpha, fnew):
-            return (fnew <= f + 1e-4 * alpha * slope + tol) | (flat & (fnew <= f + noise))
+        accept = armijo_test(f, jnp.dot(g, step))
 
         def cond(c):
             alpha, fnew, k = c

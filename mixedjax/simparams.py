@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import pls
+from .analytic import lambdas_np
 
 __all__ = ["SimParams", "resolve_params", "term_names", "as_key", "check_nsim",
            "SimDesign", "sim_design", "Simulator"]
@@ -322,7 +323,8 @@ class Simulator:
         self.n_pad = n_pad
         self.S, self.levels = sim_design(design, n_pad)
         self.beta = jnp.asarray(params.beta)
-        self.lams = tuple(pls.theta_to_lambdas(jnp.asarray(params.theta), structure))
+        self.lams = tuple(jnp.asarray(lam) for lam in
+                          lambdas_np(np.asarray(params.theta, np.float64), structure))
         self.sigma = jnp.asarray(params.sigma)
         self.block = int(min(1024, 2 ** max(int(np.log2(max(2 ** 24 // n_pad, 1))), 0)))
         self._cache: dict[int, np.ndarray] = {}

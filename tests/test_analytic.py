@@ -132,3 +132,86 @@ def test_batched_kernel_uses_closed_forms():
         single = mixedjax.lmer("Reaction ~ Days + (Days | Subject)", data, theta0=fit.theta)
         np.testing.assert_allclose(batch.theta[j], single.theta, atol=1e-7)
         np.testing.assert_allclose(batch.fixef.values[j], single.fixef.values, rtol=1e-8)
+
+
+# ----------------------------------------------------------------------------------
+# The lane-wise kernel (mixedjax.lanes)
+# ----------------------------------------------------------------------------------
+def _lane_cases():
+    data = _random_design(5)
+    return [("Reaction ~ Days + (Days | Subject)", mixedjax.datasets.load("sleepstudy"), None),
+            ("Yield ~ 1 + (1 | Batch)", mixedjax.datasets.load("dyestuff"), None),
+            ("y ~ x + (1 | g) + (1 | h)", data.assign(h=data.h % 2), "w"),
+            # Outside the compile budget of lanes.applicable, but the formulas hold:
+            ("y ~ 1 + (1 + x | g) + (1 | h)", data.iloc[:60].assign(h=data.h[:60] % 2), None)]
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 3])
+def test_lane_kernel_equals_closed_forms(case):
+    from mixedjax import batch, lanes
+
+    formula, data, weights = _lane_cases()[case]
+    fit = mixedjax.lmer(formula, data, weights=weights)
+    spec = batch.fit_spec(fit.model, fit.theta)
+    A, R, C = spec.A, spec.R, spec.C
+    assert lanes.applicable(A.structure, C.V is not None) == (case < 3)
+    Y = np.asarray(fit.simulate(6, key=1))
+    Y = jnp.asarray(np.pad(Y, ((0, 0), (0, spec.n_pad - Y.shape[1]))))
+    rng = np.random.default_rng(case)
+    theta = jnp.asarray(spec.theta0[None] + 0.3 * rng.standard_normal((6, len(spec.theta0))))
+    D = lanes.data(A, R, Y)
+    kernel = jax.jit(lambda t, D, reml, order: lanes.value_grad_hess(t, A, C.V, D, reml, order),
+                     static_argnums=3)
+    for reml in (True, False):
+        f, g, H = kernel(theta, D, reml, 2)
+        f0, g0, H0 = jax.jit(jax.vmap(lambda t, y: analytic.value_grad_hess(
+            t, pls.with_response(A, R, y), reml, C.V)))(theta, Y)
+        np.testing.assert_allclose(f, f0, rtol=1e-12)
+        np.testing.assert_allclose(g, g0, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(g0))))
+        np.testing.assert_allclose(H, H0, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(H0))))
+        obj, beta, se, sigma = kernel(theta, D, reml, -1)
+        b, s_, sg, o = jax.jit(jax.vmap(lambda t, y: batchfit.solve_summary(
+            t, pls.with_response(A, R, y), reml, C)))(theta, Y)
+        np.testing.assert_allclose(beta, b, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(se, s_, rtol=1e-10)
+        np.testing.assert_allclose(sigma, sg, rtol=1e-12)
+        np.testing.assert_allclose(obj, o, rtol=1e-12)
+
+
+def test_lane_direction_equals_vmapped():
+    from mixedjax import lanes
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 6):
+        G = rng.standard_normal((40, n, n))
+        H = G + np.swapaxes(G, 1, 2)                      # indefinite
+        H[:10] = G[:10] @ np.swapaxes(G[:10], 1, 2)       # positive definite
+        g = rng.standard_normal((40, n))
+        g[5] = 0.0                                        # a stationary lane
+        ms = np.full(40, 2.0)
+        a = jax.jit(lanes.direction)(jnp.asarray(g), jnp.asarray(H), jnp.asarray(ms))
+        b = jax.jit(jax.vmap(batchfit._direction))(jnp.asarray(g), jnp.asarray(H),
+                                                   jnp.asarray(ms))
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-9)
+
+
+def test_lane_fit_equals_vmapped_fit(monkeypatch):
+    from mixedjax import batch, lanes
+
+    fit = mixedjax.lmer("Reaction ~ Days + (Days | Subject)", mixedjax.datasets.load("sleepstudy"))
+    spec = batch.fit_spec(fit.model, fit.theta)
+    Y = np.asarray(fit.simulate(64, key=11))
+    Y = jnp.asarray(np.pad(Y, ((0, 0), (0, spec.n_pad - Y.shape[1]))))
+    theta0 = jnp.tile(jnp.asarray(spec.theta0), (64, 1))
+    cap = jnp.full(64, 100)
+    args = (theta0, spec.A, spec.R, spec.C, Y, cap, jnp.asarray(True))
+    via_lanes = jax.jit(batchfit._fit_lanes)(*args)
+    monkeypatch.setattr(lanes, "applicable", lambda *a: False)
+    vmapped = jax.jit(batchfit.fit_chunk.__wrapped__)(*args)
+    np.testing.assert_array_equal(via_lanes.status, vmapped.status)
+    np.testing.assert_array_equal(via_lanes.converged, vmapped.converged)
+    assert np.max(np.abs(np.asarray(via_lanes.iterations) - np.asarray(vmapped.iterations))) <= 1
+    for field in ("theta", "beta", "stderr", "sigma", "objective"):
+        np.testing.assert_allclose(getattr(via_lanes, field), getattr(vmapped, field),
+                                   rtol=1e-8, atol=1e-8)

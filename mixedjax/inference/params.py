@@ -68,5 +68,8 @@ def theta_to_sdcor(theta, sigma, structure: pls.Structure):
 
 
 def sdcor_values(result) -> np.ndarray:
-    """The sd/cor/sigma vector of a fit (numpy)."""
-    return np.asarray(theta_to_sdcor(result.theta, result.sigma, result.model.structure))
+    """The sd/cor/sigma vector of a fit (numpy; nothing to compile)."""
+    from ..simulate import sdcor_matrix
+
+    return sdcor_matrix(np.asarray(result.theta, np.float64)[None],
+                        np.asarray([result.sigma], np.float64), result.model.structure)[0]
