@@ -129,7 +129,10 @@ def _np_spd_small(M):
     if k == 2:
         a, b, d = M[..., 0, 0], M[..., 1, 0], M[..., 1, 1]
         det = a * d - b * b
-        P = np.stack([np.stack([d, -b], -1), np.stack([-b, a], -1)], -2) / det[..., None, None]
+        P = np.empty_like(M)
+        P[..., 0, 0] = d / det
+        P[..., 1, 1] = a / det
+        P[..., 0, 1] = P[..., 1, 0] = -b / det
         return P, np.log(det)
     L = np.linalg.cholesky(M)
     Linv = np.linalg.inv(L)
@@ -232,7 +235,11 @@ def value_grad_hess(theta, A: pls.PLSArrays, reml, V=None, order: int = 2, block
     nr = nt - n0
     eye0 = np.eye(k0)
 
-    lam0 = xp.einsum("i,ikl->kl", theta[:n0], E0)
+    if xp is np:
+        lam0 = np.zeros((k0, k0))
+        lam0[K.ri, K.ci] = theta[:n0]
+    else:
+        lam0 = xp.einsum("i,ikl->kl", theta[:n0], E0)
     d1 = A.d1
     Q = mm(d1, lam0)                                     # D Lambda0
     M = mm(lam0.T, Q) + eye0
@@ -272,7 +279,11 @@ def value_grad_hess(theta, A: pls.PLSArrays, reml, V=None, order: int = 2, block
     CN = mm(_t(C, xp), N)                                # C_a' N  (m0, Ns, k0)
     CU = mm(_t(C, xp), U)
     cn, cu = CN[:, :, ri], CU[:, :, ci]                  # (m0, Ns, n0)
-    dH0 = -(xp.einsum("ari,asi->irs", cn, cu) + xp.einsum("ari,asi->irs", cu, cn))
+    if xp is np:        # as matrix products: NumPy's einsum does not use BLAS here
+        half = cn.transpose(2, 1, 0) @ cu.transpose(2, 0, 1)               # (n0, Ns, Ns)
+        dH0 = -(half + _t(half, xp))
+    else:
+        dH0 = -(xp.einsum("ari,asi->irs", cn, cu) + xp.einsum("ari,asi->irs", cu, cn))
     dS0 = mm(mm(lam_et[None], dH0), lam_e[None])
     if nr:
         W = mm(mm(lam_et, Hm)[None], F)                  # Lambda_e' H F_r
@@ -307,7 +318,12 @@ def value_grad_hess(theta, A: pls.PLSArrays, reml, V=None, order: int = 2, block
     w = xp.stack([-DU[:, ri[Jj], ci[I]], -DN[:, ri[Jj], ri[I]], p_ji, -kp_ji])
     x = xp.stack([cn_i, cu_i, cn_j, cn_j])
     y = xp.stack([cu_j, cu_j, cn_i, cu_i])
-    X = xp.einsum("taij,tarij,tasij->ijrs", w, x, y)
+    if xp is np:
+        n0_ = w.shape[-1]
+        wx = (w[:, :, None] * x).transpose(3, 4, 2, 0, 1).reshape(n0_, n0_, ns, -1)
+        X = wx @ y.transpose(3, 4, 0, 1, 2).reshape(n0_, n0_, -1, ns)
+    else:
+        X = xp.einsum("taij,tarij,tasij->ijrs", w, x, y)
     d2H00 = -(X + _t(X, xp))
     d2S00 = mm(mm(lam_et, d2H00), lam_e)
     if nr:
@@ -323,8 +339,13 @@ def value_grad_hess(theta, A: pls.PLSArrays, reml, V=None, order: int = 2, block
         d2S = d2S00
         hess = H_m
     for size, c, Binv, Z in blocks:
-        hess = hess + c * (xp.einsum("ij,rsji->rs", Binv, d2S[:, :, :size, :size])
-                           - xp.einsum("rij,tji->rt", Z, Z))
+        if xp is np:
+            Zf = Z.reshape(nt, -1)
+            hess = hess + c * (np.tensordot(d2S[:, :, :size, :size], Binv.T, axes=([2, 3], [0, 1]))
+                               - Zf @ _t(Z, xp).reshape(nt, -1).T)
+        else:
+            hess = hess + c * (xp.einsum("ij,rsji->rs", Binv, d2S[:, :, :size, :size])
+                               - xp.einsum("rij,tji->rt", Z, Z))
     return value, grad, 0.5 * (hess + hess.T)
 
 
