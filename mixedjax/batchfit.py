@@ -38,7 +38,7 @@ import numpy as np
 
 from . import analytic, lanes, pls
 from .model import rectify
-from .optimize import armijo_test
+from .optimize import backtrack
 
 __all__ = ["chol", "tri_inv", "jacobi_eigh", "objective", "value_grad_hess", "FitSummary",
            "fit_one", "newton"]
@@ -325,23 +325,6 @@ def _direction(g, H, max_step):
     return step, jnp.sum(gv * gv / mod), evals[0], scale
 
 
-def _line_search(fun, x, f, g, step, args):
-    accept = armijo_test(f, jnp.dot(g, step))
-
-    def cond(c):
-        alpha, fnew, k = c
-        return ~accept(alpha, fnew) & (k < 40)
-
-    def body(c):
-        alpha, _, k = c
-        alpha = alpha * 0.5
-        fnew = fun(x + alpha * step, *args)
-        return alpha, jnp.where(jnp.isfinite(fnew), fnew, jnp.inf), k + 1
-
-    alpha, fnew, _ = jax.lax.while_loop(cond, body, (jnp.array(2.0), jnp.array(jnp.inf), 0))
-    return alpha, accept(alpha, fnew)
-
-
 def newton(fun, x0, args, max_iter, gtol: float = 1e-6, xtol: float = 1e-10,
            max_step: float = 2.0, vgh=None):
     """Minimize ``fun(x, *args)`` from ``x0``; returns (x, converged, iterations, status).
@@ -361,7 +344,7 @@ def newton(fun, x0, args, max_iter, gtol: float = 1e-6, xtol: float = 1e-10,
             g, H, max_step * jnp.maximum(1.0, jnp.linalg.norm(s.x)))
         # Converged: small Newton decrement, no clearly negative curvature.
         conv = (decrement <= gtol) & (min_eval >= -1e-6 * scale) & jnp.all(jnp.isfinite(g))
-        alpha, ok = _line_search(fun, s.x, f, g, step, args)
+        alpha, _, ok, _ = backtrack(fun, s.x, f, g, step, args)
         xnew = jnp.where(ok, s.x + alpha * step, s.x)
         small = jnp.max(jnp.abs(alpha * step)) <= xtol * (1.0 + jnp.max(jnp.abs(s.x)))
         # A zero gradient ends the search only at a minimum: at a saddle (a variance

@@ -25,7 +25,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import analytic, pls
 from .optimize import armijo_test
@@ -105,11 +104,6 @@ def eye(n):
 def sum_levels(A):
     """Sum each per-level entry (m0, lanes) over the levels."""
     return [[None if a is None else jnp.sum(a, axis=0) for a in row] for row in A]
-
-    sums = jnp.sum(jnp.stack([jnp.broadcast_to(a, like.shape) for *_, a in flat]), axis=1)
-    for t, (key, r, c, _) in enumerate(flat):
-        out[key][r][c] = sums[t]
-    return out
 
 
 def _zero_to_float(a, like):
@@ -252,7 +246,6 @@ def value_grad_hess(theta, A: pls.PLSArrays, V, D: Data, reml, order: int = 2):
     K = analytic.constants(s)
     n0 = K.E0.shape[0]
     nt = theta.shape[1]
-    nr = nt - n0
     th = [theta[:, j] for j in range(nt)]
     ri, ci = [int(v) for v in K.ri], [int(v) for v in K.ci]
 

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["NewtonResult", "newton_minimize", "newton_minimize_eager", "bfgs_minimize"]
+__all__ = ["NewtonResult", "newton_minimize", "newton_minimize_eager", "bfgs_minimize",
+           "armijo_test", "backtrack"]
 
 
 class NewtonResult(NamedTuple):
@@ -98,6 +99,26 @@ def armijo_test(f, slope, xp=jnp):
     return accept
 
 
+def backtrack(fun, x, f, g, step, args):
+    """Halve the step from alpha = 1 until :func:`armijo_test` accepts it (at most 40
+    halvings); ``fun(x, *args)`` traced.  Returns (alpha, f(x + alpha step), accepted,
+    number of evaluations)."""
+    accept = armijo_test(f, jnp.dot(g, step))
+
+    def cond(c):
+        alpha, fnew, k = c
+        return ~accept(alpha, fnew) & (k < 40)
+
+    def body(c):
+        alpha, _, k = c
+        alpha = alpha * 0.5
+        fnew = fun(x + alpha * step, *args)
+        return alpha, jnp.where(jnp.isfinite(fnew), fnew, jnp.inf), k + 1
+
+    alpha, fnew, k = jax.lax.while_loop(cond, body, (jnp.array(2.0), jnp.array(jnp.inf), 0))
+    return alpha, fnew, accept(alpha, fnew), k
+
+
 def newton_minimize_eager(vgh: Callable, fun: Callable, x0, max_iter: int = 200,
                           gtol: float = 1e-6, xtol: float = 1e-10,
                           max_step: float = 2.0) -> NewtonResult:
@@ -162,27 +183,11 @@ def newton_minimize(fun: Callable, x0, *args, max_iter: int = 200, gtol: float =
     state = _State(x0, jnp.array(jnp.inf), jnp.zeros(nx), jnp.zeros((nx, nx)),
                    jnp.array(0), jnp.array(0), jnp.array(-1))
 
-    def line_search(x, f, g, step):
-        accept = armijo_test(f, jnp.dot(g, step))
-
-        def cond(c):
-            alpha, fnew, k = c
-            return ~accept(alpha, fnew) & (k < 40)
-
-        def body(c):
-            alpha, _, k = c
-            alpha = alpha * 0.5
-            fnew = fun(x + alpha * step, *args)
-            return alpha, jnp.where(jnp.isfinite(fnew), fnew, jnp.inf), k + 1
-
-        alpha, fnew, k = jax.lax.while_loop(cond, body, (jnp.array(2.0), jnp.array(jnp.inf), 0))
-        return alpha, fnew, accept(alpha, fnew), k
-
     def body(s: _State) -> _State:
         f, g = value_and_grad(s.x, *args)
         H = hessian(s.x, *args)
         step, _ = _direction(g, H, max_step * jnp.maximum(1.0, jnp.linalg.norm(s.x)))
-        alpha, _, ok, nls = line_search(s.x, f, g, step)
+        alpha, _, ok, nls = backtrack(fun, s.x, f, g, step, args)
         xnew = jnp.where(ok, s.x + alpha * step, s.x)
         small = jnp.max(jnp.abs(alpha * step)) <= xtol * (1.0 + jnp.max(jnp.abs(s.x)))
         # A zero gradient ends the search only at a minimum: at a stationary point
