@@ -20,7 +20,8 @@ import pandas as pd
 from . import pls
 from ._warn import warn_user
 from .design import Design, make_design
-from .optimize import NewtonResult, bfgs_minimize, newton_minimize, newton_minimize_eager
+from .optimize import (NewtonResult, bfgs_minimize, bfgs_minimize_eager, newton_minimize,
+                       newton_minimize_eager)
 
 __all__ = ["LMM", "lmer", "ConvergenceWarning"]
 
@@ -51,15 +52,23 @@ def rectify(theta, structure: pls.Structure):
 
 # Above this many columns in the dense "rest" block, an exact Hessian per iteration
 # (several dense inverses per parameter) costs far more than the few extra gradient
-# iterations BFGS takes, so "auto" switches to BFGS.
+# iterations BFGS takes, and padding the design to share compiled code buys nothing
+# (its fits run eagerly, :mod:`mixedjax.blocked`).
 DENSE_REST_FOR_BFGS = 400
 OPTIMIZERS = ("newton", "bfgs")
 
 
-def choose_optimizer(structure: pls.Structure, optimizer: str = "auto") -> str:
-    """Resolve ``optimizer="auto"`` to "newton" or "bfgs" for a model structure."""
+def choose_optimizer(structure: pls.Structure, optimizer: str = "auto",
+                     closed_form: bool = False) -> str:
+    """Resolve ``optimizer="auto"`` to "newton" or "bfgs" for a model structure.
+
+    "auto" is Newton where the closed-form Hessian of :mod:`mixedjax.analytic`
+    applies (``closed_form``), else BFGS with the eager exact gradient of
+    :mod:`mixedjax.blocked`: both start at once, while a Newton fit through
+    autodiff compiles for seconds.
+    """
     if optimizer == "auto":
-        return "bfgs" if structure.q_rest > DENSE_REST_FOR_BFGS else "newton"
+        return "newton" if closed_form else "bfgs"
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be 'auto' or one of {OPTIMIZERS}, got {optimizer!r}")
     return optimizer
@@ -77,6 +86,20 @@ def fit_arrays(theta0, A: pls.PLSArrays, reml: bool = True, max_iter: int = 200,
     opt = minimize(pls.objective, theta0, A, reml, max_iter=max_iter)
     theta = rectify(opt.x, A.structure)
     return FitOutput(opt=opt, theta=theta, solution=pls.solve(theta, A, reml))
+
+
+def fit_blocked(theta0, X, reml: bool = True, max_iter: int = 200) -> FitOutput:
+    """:func:`fit_arrays` with optimizer "bfgs", eagerly: BFGS in NumPy on the exact
+    gradient of :mod:`mixedjax.blocked` (``X`` from :func:`blocked.prepare`), first on
+    the log scale of the covariance factors' diagonals (see
+    :func:`~mixedjax.optimize.bfgs_minimize_eager`)."""
+    from . import blocked
+
+    s = X.structure
+    opt = bfgs_minimize_eager(lambda x: blocked.value_grad(x, X, reml), theta0,
+                              max_iter=max_iter, log_mask=np.isfinite(pls.lower_bounds(s)))
+    theta = pls.rectify_theta(opt.x, s)
+    return FitOutput(opt=opt, theta=theta, solution=blocked.solve_np(theta, X, reml))
 
 
 def fit_eager(theta0, A: pls.PLSArrays, V, reml: bool = True,
@@ -111,10 +134,15 @@ class LMM:
     the profiled REML criterion (``reml=True``) or deviance, as lme4's ``devfun``.
     """
 
-    def __init__(self, design: Design, reml: bool = True, pad: bool = True,
+    def __init__(self, design: Design, reml: bool = True, pad: bool | None = None,
                  data_name: str | None = None):
         self.design = design
         self.reml = bool(reml)
+        if pad is None:
+            # Padding shares compiled code between similar small designs; a large
+            # crossed design is fitted eagerly and padding would only enlarge S.
+            q_rest = sum(t.k * t.nlevels for t in design.terms[1:])
+            pad = q_rest <= DENSE_REST_FOR_BFGS
         self.pad = bool(pad)
         self.arrays = pls.build_arrays(design.terms, design.X, design.y, pad=pad,
                                        weights=design.weights, offset=design.offset)
@@ -122,7 +150,7 @@ class LMM:
 
     @classmethod
     def from_formula(cls, formula: str, data: pd.DataFrame, reml: bool = True,
-                     pad: bool = True, weights=None, offset=None) -> "LMM":
+                     pad: bool | None = None, weights=None, offset=None) -> "LMM":
         """Build the model: parse, drop incomplete rows, precompute the blocks.
 
         ``weights``: prior weights as lme4's ``weights=`` (residual variance
@@ -186,20 +214,23 @@ class LMM:
     def fit(self, theta0=None, max_iter: int = 200, optimizer: str = "auto"):
         """Minimize the criterion and return an :class:`~mixedjax.result.LMMResult`.
 
-        ``optimizer``: "newton" (exact Hessian each iteration), "bfgs" (exact
-        gradients; cheaper per iteration for crossed designs with a large dense
-        block) or "auto" (BFGS when that block has more than
-        ``DENSE_REST_FOR_BFGS`` columns).
+        ``optimizer``: "newton" (exact Hessian each iteration: closed forms in
+        NumPy where :mod:`mixedjax.analytic` applies, else the compiled autodiff
+        loop), "bfgs" (exact gradients in NumPy, :mod:`mixedjax.blocked`; cheaper per
+        iteration for crossed designs with a large dense block) or "auto" (Newton
+        where the closed forms apply, else BFGS).
         """
         from .result import LMMResult
 
-        optimizer = choose_optimizer(self.structure, optimizer)
+        eager = self._eager_arrays()
+        optimizer = choose_optimizer(self.structure, optimizer, closed_form=eager is not None)
         theta0 = self.initial_theta() if theta0 is None else np.asarray(theta0, np.float64)
         if theta0.shape != (self.ntheta,):
             raise ValueError(f"theta0 must have {self.ntheta} entries, got {theta0.shape}")
         t0 = time.perf_counter()
-        eager = self._eager_arrays() if optimizer == "newton" else None
-        if eager is not None:
+        if optimizer == "bfgs":
+            out = fit_blocked(theta0, self._blocked(), reml=self.reml, max_iter=max_iter)
+        elif eager is not None:
             out = fit_eager(theta0, *eager, reml=self.reml, max_iter=max_iter)
         else:
             out = _fit_jit(jnp.asarray(theta0), self.arrays, reml=self.reml,
@@ -213,6 +244,13 @@ class LMM:
                 f"gradient max |g| = {result.optinfo['grad_max']:.2e} after "
                 f"{result.optinfo['iterations']} iterations", ConvergenceWarning)
         return result
+
+    def _blocked(self):
+        """The prepared arrays of :mod:`mixedjax.blocked` (built once per model)."""
+        if "_blocked_arrays" not in self.__dict__:
+            from . import blocked
+            self.__dict__["_blocked_arrays"] = blocked.prepare(self.arrays)
+        return self.__dict__["_blocked_arrays"]
 
     def _eager_arrays(self):
         """(NumPy arrays, dense coupling) when the closed-form derivatives of

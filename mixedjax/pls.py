@@ -91,7 +91,7 @@ class PLSArrays:
       d1 (m0, k0, k0)   Z0'Z0 blocks;  b1x (m0, k0, p) Z0'X;  b1y (m0, k0) Z0'y.
     First term x later terms, non-zero entries e (sorted by level a):
       ent_a (E,) level of term 0;  ent_c (E,) column of Z_rest;  ent_v (E, k0) values;
-      pair_i, pair_j (P,) all ordered pairs of entries with the same level.
+      pair_i, pair_j (P,) all pairs i <= j of entries with the same level.
     Later terms (dense): rzz (qr, qr), rzx (qr, p), rzy (qr,).
     Fixed effects: xtx (p, p), xty (p,), yty ().  n, p: real sizes (floats).
     ldw: sum of log prior weights (0 without weights).  With weights every row of
@@ -150,9 +150,9 @@ def _group_sum(codes: np.ndarray, values: np.ndarray, m: int) -> np.ndarray:
 
 
 # The Schur update of the rest block sums over all pairs of entries that share a
-# first-term level: sum over levels of (entries per level)^2 pairs.  That is cheap
-# for InstEval-like data (~5e6 pairs) but not for MovieLens-like data (users with
-# thousands of ratings: ~4e8 pairs, gigabytes of indices).  Beyond this many pairs
+# first-term level: sum over levels of c (c + 1) / 2 pairs for c entries.  That is
+# cheap for InstEval-like data (~2.5e6 pairs) but not for MovieLens-like data (users
+# with thousands of ratings: ~2e8 pairs, gigabytes of indices).  Beyond this many pairs
 # the update is computed as a dense product W'W with W (m0 k0 x q_rest), whose
 # memory is bounded by the dense rest block's size times m0 k0 / q_rest.
 PAIR_LIMIT = 50_000_000
@@ -224,7 +224,8 @@ def build_arrays(terms, X: np.ndarray, y: np.ndarray, pad: bool = True, weights=
     # Entries of Z0' Z_rest: key (level of term 0, rest column).
     ent_a, ent_c, ent_v = _entries(t0.codes, z0, cols, zvals, qr)
     counts = np.bincount(ent_a, minlength=1) if len(ent_a) else np.zeros(1, np.int64)
-    if int(np.sum(counts.astype(np.int64) ** 2)) > PAIR_LIMIT:
+    counts = counts.astype(np.int64)
+    if int(np.sum(counts * (counts + 1) // 2)) > PAIR_LIMIT:
         structure = dataclasses.replace(structure, dense_w=True)
         pair_i = pair_j = np.zeros(0, np.int64)
         if pad:
@@ -327,18 +328,21 @@ def _entries(codes0, z0, cols, zvals, qr):
 
 
 def _pairs(ent_a):
-    """All ordered pairs (i, j) of entries with ent_a[i] == ent_a[j]."""
+    """All unordered pairs (i, j), i <= j, of entries with ent_a[i] == ent_a[j],
+    grouped by level (the symmetric Schur update needs each product once)."""
     if len(ent_a) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts = np.flatnonzero(np.r_[True, ent_a[1:] != ent_a[:-1]])
     counts = np.diff(np.r_[starts, len(ent_a)])
-    sizes = counts ** 2
+    sizes = counts * (counts + 1) // 2
     grp = np.repeat(np.arange(len(counts)), sizes)
-    within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    cnt = counts[grp]
-    pi = starts[grp] + within // cnt
-    pj = starts[grp] + within % cnt
-    return pi, pj
+    w = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    # w enumerates the lower triangle row by row: row r holds w in [r(r+1)/2, (r+1)(r+2)/2).
+    r = np.floor((np.sqrt(8.0 * w + 1.0) - 1.0) / 2.0).astype(np.int64)
+    r += (r + 1) * (r + 2) // 2 <= w
+    r -= r * (r + 1) // 2 > w
+    c = w - r * (r + 1) // 2
+    return starts[grp] + c, starts[grp] + r
 
 
 def _pad_entries(ent_a, ent_c, ent_v, pair_i, pair_j):
@@ -538,9 +542,12 @@ def factor(theta, A: PLSArrays) -> Factor:
             Wd = dense_w(w_ent, A)
             u_zz = Wd.T @ Wd
         else:
+            # Each unordered pair once: entries of one level have distinct columns, so
+            # i < j lands off the diagonal and its mirror comes from the transpose.
             pair_vals = jnp.sum(w_ent[A.pair_i] * w_ent[A.pair_j], axis=-1)
-            u_zz = jnp.zeros((qr, qr), theta.dtype).at[
+            half = jnp.zeros((qr, qr), theta.dtype).at[
                 A.ent_c[A.pair_i], A.ent_c[A.pair_j]].add(pair_vals)
+            u_zz = half + half.T - jnp.diag(jnp.diagonal(half))
         u_zxy = jax.ops.segment_sum(jnp.einsum("ek,ekj->ej", w_ent, w_xy[A.ent_a]), A.ent_c,
                                     num_segments=qr)
         R0 = jnp.block([[A.rzz, A.rzx, A.rzy[:, None]],

@@ -480,10 +480,12 @@ def _condvar_blocks_jit(A: pls.PLSArrays, theta):
             Wd = pls.dense_w(F.w_ent, A).reshape(m0, k0, qr)
             wpw = jnp.einsum("akq,qr,alr->akl", Wd, PL, Wd)
         else:
+            # Unordered pairs: i < j stands for (i, j) and (j, i).
             outer = F.w_ent[A.pair_i][:, :, None] * F.w_ent[A.pair_j][:, None, :]
-            wpw = jax.ops.segment_sum(
-                outer * PL[A.ent_c[A.pair_i], A.ent_c[A.pair_j]][:, None, None],
-                A.ent_a[A.pair_i], num_segments=m0)
+            outer = outer * PL[A.ent_c[A.pair_i], A.ent_c[A.pair_j]][:, None, None]
+            mirror = (A.pair_i != A.pair_j)[:, None, None]
+            wpw = jax.ops.segment_sum(outer + jnp.where(mirror, jnp.swapaxes(outer, 1, 2), 0.0),
+                                      A.ent_a[A.pair_i], num_segments=m0)
         first = jnp.swapaxes(Linv11, -1, -2) @ (eye + wpw) @ Linv11
         blocks.append(first)
         start = 0

@@ -1,0 +1,139 @@
+"""The eager criterion and gradient of mixedjax.blocked against automatic
+differentiation of pls.objective, and the eager BFGS fit against the compiled one."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixedjax
+from mixedjax import blocked, pls
+from mixedjax import model as model_mod
+
+
+def _crossed(seed, n=300, ng=25, nh=9):
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, ng, n)
+    h = rng.integers(0, nh, n)
+    x = rng.standard_normal(n)
+    y = (1.0 + 0.5 * x + rng.standard_normal(ng)[g] + 0.7 * rng.standard_normal(nh)[h] * (1 + x)
+         + rng.standard_normal(n))
+    return pd.DataFrame({"y": y, "x": x, "g": g.astype(str), "h": h.astype(str),
+                         "w": rng.uniform(0.5, 2.0, n)})
+
+
+# (formula, data, weights): nested, crossed, vector-valued later terms, several terms
+# on one factor, prior weights, no later term.
+CASES = [
+    ("Reaction ~ Days + (Days | Subject)", "sleepstudy", None),
+    ("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin", None),
+    ("strength ~ 1 + (1 | batch/cask)", "pastes", None),
+    ("y ~ x + (1 + x | g) + (1 + x | h)", 1, None),
+    ("y ~ x + (1 | g) + (0 + x | h) + (1 | h)", 2, None),
+    ("y ~ x + (x || g) + (1 | h)", 3, "w"),
+]
+
+
+def _model(case, reml=True, dense=False):
+    formula, data, weights = case
+    data = mixedjax.datasets.load(data) if isinstance(data, str) else _crossed(data)
+    old = pls.PAIR_LIMIT
+    if dense:
+        pls.PAIR_LIMIT = 0          # the dense-coupling path of MovieLens-sized data
+    try:
+        return mixedjax.LMM.from_formula(formula, data, reml=reml, weights=weights)
+    finally:
+        pls.PAIR_LIMIT = old
+
+
+def _autodiff(m, reml):
+    return jax.jit(jax.value_and_grad(lambda t: pls.objective(t, m.arrays, reml)))
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_value_and_gradient_equal_autodiff(case, dense):
+    for reml in (True, False):
+        m = _model(case, reml, dense)
+        assert m.structure.dense_w == (dense and m.structure.q_rest > 0)
+        X = blocked.prepare(m.arrays)
+        ad = _autodiff(m, reml)
+        rng = np.random.default_rng(7)
+        thetas = [m.initial_theta() + 0.4 * rng.standard_normal(m.ntheta) for _ in range(2)]
+        # A later term's variance at exactly zero and near zero (the gradient's
+        # general form, and the scalar shortcut's small-theta guard).
+        for value in (0.0, 2e-3):
+            t = thetas[0].copy()
+            t[-1] = value
+            thetas.append(t)
+        for theta in thetas:
+            f, g = blocked.value_grad(theta, X, reml)
+            f0, g0 = ad(jnp.asarray(theta))
+            assert f == pytest.approx(float(f0), rel=1e-12)
+            np.testing.assert_allclose(g, np.asarray(g0), rtol=1e-8,
+                                       atol=1e-9 * max(1.0, float(np.max(np.abs(g0)))))
+            assert blocked.value(theta, X, reml) == f
+
+
+def test_not_positive_definite_gives_inf():
+    m = _model(CASES[1])
+    X = blocked.prepare(m.arrays)
+    bad = X._replace(R0=-np.abs(X.R0))
+    f, g = blocked.value_grad(m.initial_theta(), bad)
+    assert f == np.inf and np.all(np.isnan(g))
+
+
+@pytest.mark.parametrize("case", CASES[1:], ids=[c[0] for c in CASES[1:]])
+def test_eager_bfgs_fit_equals_compiled_newton(case):
+    m = _model(case)
+    bfgs = m.fit(optimizer="bfgs")
+    assert bfgs.optinfo["optimizer"].startswith("BFGS") and bfgs.converged
+    ref = model_mod._fit_jit(jnp.asarray(m.initial_theta()), m.arrays, reml=True, max_iter=200,
+                             optimizer="newton")
+    assert bfgs.objective == pytest.approx(float(ref.solution.objective), rel=1e-10)
+    np.testing.assert_allclose(np.abs(bfgs.theta), np.abs(np.asarray(ref.theta)), rtol=1e-4,
+                               atol=1e-5)
+    p = m.design.p
+    np.testing.assert_allclose(bfgs.fixef.to_numpy(), np.asarray(ref.solution.beta)[:p],
+                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(bfgs.sigma, float(ref.solution.sigma), rtol=1e-6)
+    # The NumPy solution has the compiled one's layout: spherical effects agree.
+    sol = blocked.solve_np(bfgs.theta, blocked.prepare(m.arrays))
+    ref_sol = pls.solve(jnp.asarray(bfgs.theta), m.arrays, True)
+    np.testing.assert_allclose(sol.u0, np.asarray(ref_sol.u0), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(sol.u_rest, np.asarray(ref_sol.u_rest), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(sol.Lr, np.asarray(ref_sol.Lr), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(sol.factor.w_ent, np.asarray(ref_sol.factor.w_ent), rtol=1e-7,
+                               atol=1e-9)
+
+
+def test_large_design_is_unpadded_and_fits_eagerly():
+    """A design with a large dense block: no padding, BFGS by default, the compiled
+    objective agrees at the optimum and its gradient vanishes there."""
+    data = _crossed(11, n=6000, ng=900, nh=450)
+    m = mixedjax.LMM.from_formula("y ~ x + (1 | g) + (1 | h)", data)
+    assert not m.pad and m.structure.m == tuple(t.nlevels for t in m.design.terms)
+    fit = m.fit()
+    assert fit.optinfo["optimizer"].startswith("BFGS") and fit.converged
+    assert float(m.objective(fit.theta)) == pytest.approx(fit.objective, rel=1e-12)
+    g = jax.grad(lambda t: pls.objective(t, m.arrays, True))(jnp.asarray(fit.theta))
+    assert np.max(np.abs(np.asarray(g))) < 1e-3
+
+
+def test_singular_fit_leaves_the_log_scale():
+    """A variance estimated at zero: the log-scale phase hands over to theta itself
+    and the fit converges to the boundary as the compiled Newton fit does."""
+    rng = np.random.default_rng(5)
+    n = 400
+    g = rng.integers(0, 30, n)
+    h = rng.integers(0, 12, n)
+    y = rng.standard_normal(30)[g] + rng.standard_normal(n)        # no h effect
+    data = pd.DataFrame({"y": y, "g": g.astype(str), "h": h.astype(str)})
+    m = mixedjax.LMM.from_formula("y ~ 1 + (1 | g) + (1 | h)", data)
+    fit = m.fit(optimizer="bfgs")
+    ref = model_mod._fit_jit(jnp.asarray(m.initial_theta()), m.arrays, reml=True, max_iter=200,
+                             optimizer="newton")
+    assert fit.converged
+    assert fit.objective == pytest.approx(float(ref.solution.objective), rel=1e-10)
+    np.testing.assert_allclose(np.abs(fit.theta), np.abs(np.asarray(ref.theta)), atol=1e-4)
