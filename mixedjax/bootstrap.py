@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .batch import fit_responses, fit_spec
 from .inference.params import parameter_names, sdcor_values
@@ -216,8 +215,14 @@ def pb_test(m0, m1, nsim: int = 1000, key=None, chunk_size: int | None = None,
     stars = np.where(ok, fits0["objective"] - fits1["objective"], np.nan)
     extreme = int(np.sum(stars[ok] >= lrt))
     table = pd.DataFrame({"stat": [lrt, lrt], "df": [float(df), np.nan],
-                          "p.value": [float(stats.chi2.sf(lrt, df)),
+                          "p.value": [float(_chi2_sf(lrt, df)),
                                       (1.0 + extreme) / (1.0 + int(ok.sum()))]},
                          index=["LRT", "PBtest"])
     formulas = (d0.formula.formula, d1.formula.formula)
     return PBTestResult(table, stars, ok, formulas, time.perf_counter() - t0)
+
+
+def _chi2_sf(x, df):
+    # scipy.stats takes half a second to import: only the LRT table needs it.
+    from scipy import stats
+    return stats.chi2.sf(x, df)
