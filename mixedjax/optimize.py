@@ -134,12 +134,23 @@ def newton_minimize_eager(vgh: Callable, fun: Callable, x0, max_iter: int = 200,
     it = nfev = 0
     status = -1
     f, g, H = np.inf, np.zeros_like(x), np.zeros((x.size, x.size))
+    ahead = None
     while status < 0:
-        f, g, H = vgh(x)
+        if ahead is None:
+            f, g, H = vgh(x)
+            nfev += 1
+        else:
+            f, g, H = ahead
         f = float(f)
         step, _ = _direction(g, H, max_step * max(1.0, float(np.linalg.norm(x))), xp=np)
         accept = armijo_test(f, float(g @ step), xp=np)
-        alpha, fnew, nls = 2.0, np.inf, 0
+        # The full step is usually taken: evaluating the derivatives there at once
+        # saves the separate value call.  Not when the step is already below xtol
+        # (the search ends there either way).
+        tiny = np.max(np.abs(step)) <= xtol * (1.0 + np.max(np.abs(x)))
+        trial = None if tiny else vgh(x + step)
+        fnew = float(fun(x + step) if tiny else trial[0])
+        alpha, fnew, nls = 1.0, fnew if np.isfinite(fnew) else np.inf, 1
         while not accept(alpha, fnew) and nls < 40:
             alpha *= 0.5
             fnew = float(fun(x + alpha * step))
@@ -151,10 +162,11 @@ def newton_minimize_eager(vgh: Callable, fun: Callable, x0, max_iter: int = 200,
         status = 0 if stationary else 2 if not ok else 1 if small else -1
         if status < 0 and it + 1 >= max_iter:
             status = 3
+        ahead = trial if (status < 0 and alpha == 1.0) else None
         if status < 0:
             x = x + alpha * step
         it += 1
-        nfev += nls + 1
+        nfev += nls
     _, decrement = _direction(g, H, max_step, xp=np)
     evals = np.linalg.eigvalsh(H)
     scale = max(np.max(np.abs(evals)), 1.0)
