@@ -212,7 +212,7 @@ def coupling(A: pls.PLSArrays) -> Coupling:
         return Coupling(None)
     V = np.zeros((s.m[0], qr, s.k[0]))
     np.add.at(V, (np.asarray(A.ent_a), np.asarray(A.ent_c)), np.asarray(A.ent_v))
-    return Coupling(jnp.asarray(np.swapaxes(V, 1, 2)))
+    return Coupling(jax.device_put(np.swapaxes(V, 1, 2)))
 
 
 def factor(theta, A: pls.PLSArrays, C: Coupling) -> pls.Factor:

@@ -252,8 +252,10 @@ def build_arrays(terms, X: np.ndarray, y: np.ndarray, pad: bool = True, weights=
     xtx[np.arange(p_real, p), np.arange(p_real, p)] = 1.0
     ldw = 0.0 if weights is None else float(np.sum(np.log(weights)))
 
-    as_f = lambda a: jnp.asarray(a, dtype=jnp.float64)
-    as_i = lambda a: jnp.asarray(a, dtype=jnp.int32)
+    # Cast in NumPy and transfer with device_put: jnp.asarray compiles a small XLA
+    # program per shape or dtype change, tens of milliseconds in a fresh process.
+    as_f = lambda a: jax.device_put(np.asarray(a, dtype=np.float64))
+    as_i = lambda a: jax.device_put(np.asarray(a, dtype=np.int32))
     return PLSArrays(
         structure,
         d1=as_f(d1), b1x=as_f(b1x), b1y=as_f(b1y),
