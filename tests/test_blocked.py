@@ -1,6 +1,8 @@
 """The eager criterion and gradient of mixedjax.blocked against automatic
 differentiation of pls.objective, and the eager BFGS fit against the compiled one."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import mixedjax
 from mixedjax import blocked, pls
 from mixedjax import model as model_mod
+from conftest import _load_json
 
 
 def _crossed(seed, n=300, ng=25, nh=9):
@@ -137,3 +140,24 @@ def test_singular_fit_leaves_the_log_scale():
     assert fit.converged
     assert fit.objective == pytest.approx(float(ref.solution.objective), rel=1e-10)
     np.testing.assert_allclose(np.abs(fit.theta), np.abs(np.asarray(ref.theta)), atol=1e-4)
+
+
+CROSSED = _load_json("crossed_reference.json")
+
+
+@pytest.mark.parametrize("name", sorted(CROSSED))
+def test_crossed_bfgs_fit_matches_lme4(name):
+    """Designs past the closed-form path (a dense block of 80 to 100 columns), fitted
+    by the eager BFGS, against lme4 (tests/reference/make_crossed_reference.R)."""
+    ref = CROSSED[name]
+    data = pd.read_csv(Path(__file__).parent / "reference" / "crossed.csv")
+    m = mixedjax.lmer(ref["formula"], data, reml=ref["reml"])
+    assert m.optinfo["optimizer"].startswith("BFGS") and m.converged
+    assert m.singular == ref["singular"]
+    assert m.objective == pytest.approx(ref["objective"], rel=1e-8)
+    assert m.sigma == pytest.approx(ref["sigma"], rel=1e-4)
+    se = pd.Series(ref["stderr"])
+    np.testing.assert_allclose(m.stderr[se.index], se, rtol=1e-4)
+    fe = pd.Series(ref["fixef"])
+    assert np.all(np.abs(m.fixef[fe.index] - fe) <= 1e-4 * se)
+    np.testing.assert_allclose(m.theta, ref["theta"], atol=1e-5)
