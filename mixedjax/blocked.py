@@ -155,15 +155,17 @@ def prepare(A: pls.PLSArrays) -> Prepared:
 
 def _pair_matrix(key, level, value, m0: int, size: int):
     """(Mk, ukeys): pairs summed by position; ``level`` must be nondecreasing except
-    for the zero-valued padding pairs at the end, which are dropped."""
+    for padding pairs at the end (level 0, value 0), which are dropped."""
     import scipy.sparse
-    keep = value != 0
-    key, level, value = key[keep], level[keep], value[keep]
+    drop = np.flatnonzero(np.diff(level) < 0)
+    if len(drop):
+        end = drop[0] + 1
+        key, level, value = key[:end], level[:end], value[:end]
     mark = np.zeros(size, bool)
     mark[key] = True
     ukeys = np.flatnonzero(mark)
-    rank = np.zeros(size, np.int64)
-    rank[ukeys] = np.arange(len(ukeys))
+    rank = np.zeros(size, np.int32)
+    rank[ukeys] = np.arange(len(ukeys), dtype=np.int32)
     indptr = np.searchsorted(level, np.arange(m0 + 1))
     Mk = scipy.sparse.csc_matrix((value, rank[key], indptr), shape=(len(ukeys), m0))
     return Mk, ukeys
