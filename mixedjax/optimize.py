@@ -252,12 +252,15 @@ def _fd_hessian(grad, x, args):
     return 0.5 * (H + H.T)
 
 
-def _bfgs_update(Hinv, sk, yk):
+def _bfgs_update(Hinv, sk, yk, first: bool = False):
     """BFGS inverse-Hessian update (Nocedal & Wright, eq. 6.17), skipped without
-    positive curvature along the step."""
+    positive curvature along the step; ``first``: the identity it starts from is
+    first scaled to the curvature seen along the step (eq. 6.20)."""
     sy = float(sk @ yk)
     if not sy > 1e-12 * np.linalg.norm(sk) * np.linalg.norm(yk):
         return Hinv
+    if first:
+        Hinv = Hinv * (sy / max(float(yk @ yk), 1e-300))
     rho = 1.0 / sy
     V = np.eye(len(sk)) - rho * np.outer(sk, yk)
     return V @ Hinv @ V.T + rho * np.outer(sk, sk)
@@ -266,9 +269,11 @@ def _bfgs_update(Hinv, sk, yk):
 def _bfgs_loop(value_grad, x, f, g, Hinv, it, max_iter, gtol, xtol, max_step, stop=None,
                final: float = 1e-3):
     """Iterations of :func:`bfgs_minimize` in NumPy from (x, f, g) with inverse
-    Hessian ``Hinv``, until the decrement is below ``final * gtol``; ``stop(x)`` ends
-    the loop early (status -2).  Returns (x, f, g, Hinv, iterations, evaluations,
-    status)."""
+    Hessian ``Hinv`` (None: the identity, scaled after the first step as there),
+    until the decrement is below ``final * gtol``; ``stop(x)`` ends the loop early
+    (status -2).  Returns (x, f, g, Hinv, iterations, evaluations, status)."""
+    scale_first = Hinv is None
+    Hinv = np.eye(x.size) if Hinv is None else Hinv
     nfev, status = 0, -1
     while status == -1:
         step = -Hinv @ g
@@ -289,7 +294,8 @@ def _bfgs_loop(value_grad, x, f, g, Hinv, it, max_iter, gtol, xtol, max_step, st
         ok = fnew <= f + 1e-4 * alpha * slope + tol
         sk = alpha * step
         if ok:
-            Hinv = _bfgs_update(Hinv, sk, gnew - g)
+            Hinv = _bfgs_update(Hinv, sk, gnew - g, first=scale_first)
+            scale_first = False
         decrement = float(gnew @ Hinv @ gnew) if ok else np.inf
         small = np.max(np.abs(sk)) <= xtol * (1.0 + np.max(np.abs(x)))
         status = (2 if not ok else 0 if (np.max(np.abs(gnew)) == 0.0 or decrement <= final * gtol)
@@ -354,7 +360,7 @@ def bfgs_minimize_eager(value_grad: Callable, x0, max_iter: int = 200, gtol: flo
         # round-off), or once a scale entry falls below 1e-3: a variance heading for
         # zero.
         z, f, g, _, it, nfev, status = _bfgs_loop(
-            value_grad_z, z, float(f), g, np.eye(nx), 0, max_iter, gtol, xtol, max_step,
+            value_grad_z, z, float(f), g, None, 0, max_iter, gtol, xtol, max_step,
             stop=lambda z: bool(np.any(z[mask] < math.log(1e-3))), final=1.0)
         x = from_z(z)
         g = g / np.where(mask, x, 1.0)
