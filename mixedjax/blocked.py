@@ -218,6 +218,8 @@ def _schur(lams, P, X: Prepared):
     K = lam0 @ P @ lam0.T                                              # (m0, k0, k0)
     Kb = K @ X.bxy                                                     # (m0, k0, p+1)
     T = X.R0.copy()
+    # einsum, not matmul: NumPy's and SciPy's OpenBLAS keep separate thread pools,
+    # and waking NumPy's between LAPACK calls halves LAPACK's speed on 2 cores.
     T[qr:, qr:] -= np.einsum("akp,akq->pq", X.bxy, Kb)
     if not qr:
         return T, K
@@ -276,10 +278,14 @@ def value_grad(theta, X: Prepared, reml: bool = True, grad: bool = True):
     lam0 = lams[0]
     P, logdet1 = _first_term(lam0, X.d1)
     T, K = _schur(lams, P, X)
-    TL = _scale(T, lams, s, "right")
-    S = _scale(TL, lams, s, "left")
+    scalar = all(k == 1 for k in s.k[1:])
+    if scalar:
+        lv = _scalar_scales(lams, s)
+        S = T * np.outer(lv, lv)
+    else:
+        S = _scale(_scale(T, lams, s, "right"), lams, s, "left")
     S[np.arange(qr), np.arange(qr)] += 1.0
-    L, info = scipy.linalg.lapack.dpotrf(S, lower=1, clean=1)
+    L, info = scipy.linalg.lapack.dpotrf(S, lower=1, clean=1, overwrite_a=1)
     if info != 0:
         return np.inf, np.full(theta.shape, np.nan)
     ld = 2.0 * np.log(np.diagonal(L))
@@ -323,9 +329,10 @@ def value_grad(theta, X: Prepared, reml: bool = True, grad: bool = True):
             g[slices[t]] = 2.0 * Zs[c, r]
         start += k * m
     # First term: Q_a = B_a G~ B_a', G~ = Lambda_e G Lambda_e'.
-    if all(k == 1 for k in s.k[1:]):
-        lv = _scalar_scales(lams, s)
-        Gt = G * np.outer(lv, lv)                                     # lower triangle
+    if scalar:
+        Gt = G                                                        # scaled in place
+        Gt *= lv[:, None]
+        Gt *= lv[None, :]
     else:
         Gt = _scale(_scale(sym("G", G), lams_t, s, "right"), lams_t, s, "left")
     dense1 = X.dense and s.k[0] == 1
@@ -356,8 +363,18 @@ def value(theta, X: Prepared, reml: bool = True) -> float:
 
 def _weights_matrix(L, s1: int, dof: float):
     """G = sum_s c_s S[:s, :s]^-1 (zero padded) = inv(S[:s1, :s1]) + dof l l',
-    l the last row of L^-1 (module docstring); only its lower triangle is valid."""
+    l the last row of L^-1 (module docstring); only its lower triangle is valid.
+
+    REML (s1 = N - 1) overwrites ``L``: with S^-1 from L in place and c its last
+    row, inv(S[:N-1, :N-1]) padded is S^-1 - c c' / c_N and l = L_NN c, so
+    G = S^-1 + (dof - 1) L_NN^2 c c', one rank-one update and no N x N temporaries.
+    """
     N = L.shape[0]
+    if s1 == N - 1:
+        lnn2 = L[N - 1, N - 1] ** 2
+        Sinv, _ = scipy.linalg.lapack.dpotri(L, lower=1, overwrite_c=1)
+        c = Sinv[N - 1, :].copy()
+        return scipy.linalg.blas.dsyr((dof - 1.0) * lnn2, c, lower=1, a=Sinv, overwrite_a=1)
     G = np.zeros((N, N))
     if s1:
         inv, _ = scipy.linalg.lapack.dpotri(L[:s1, :s1], lower=1)
