@@ -265,6 +265,36 @@ def _coefficients(X: Prepared, reml: bool):
     return dof, (N - 1 if reml else qr)
 
 
+def _rest_block(theta, X: Prepared):
+    """(lams, P, log|M| summed, T, S): the first term's blocks and the Schur
+    complement S = Lambda_e' T Lambda_e + blockdiag(I, 0) of the rest (module
+    docstring); S's Z_rest block is valid in its lower triangle."""
+    s = X.structure
+    lams = lambdas_np(theta, s)
+    P, logdet1 = _first_term(lams[0], X.d1)
+    T, _ = _schur(lams, P, X)
+    if all(k == 1 for k in s.k[1:]):
+        lv = _scalar_scales(lams, s)
+        S = T * np.outer(lv, lv)
+    else:
+        S = _scale(_scale(T, lams, s, "right"), lams, s, "left")
+    qr = s.q_rest
+    S[np.arange(qr), np.arange(qr)] += 1.0
+    return lams, P, logdet1, T, S
+
+
+def _criterion(L, logdet1: float, X: Prepared, reml: bool):
+    """(criterion, log|L_Z|^2, log|R_X|^2, pwrss) from L = chol(S) (JSS eqs. 35, 42)."""
+    qr, N = X.structure.q_rest, L.shape[0]
+    ld = 2.0 * np.log(np.diagonal(L))
+    dof = X.n - X.p if reml else X.n
+    logdet_z = logdet1 + float(np.sum(ld[:qr]))
+    logdet_x = float(np.sum(ld[qr:N - 1]))
+    pwrss = L[N - 1, N - 1] ** 2
+    f = logdet_z + dof * (1.0 + math.log(2.0 * math.pi * pwrss / dof)) - X.ldw
+    return (f + logdet_x if reml else f), logdet_z, logdet_x, pwrss
+
+
 def value_grad(theta, X: Prepared, reml: bool = True, grad: bool = True):
     """Profiled REML criterion (or deviance) at ``theta`` and its gradient.
 
@@ -274,28 +304,14 @@ def value_grad(theta, X: Prepared, reml: bool = True, grad: bool = True):
     s = X.structure
     theta = np.asarray(theta, np.float64)
     qr, N = s.q_rest, X.R0.shape[0]
-    lams = lambdas_np(theta, s)
+    lams, P, logdet1, T, S = _rest_block(theta, X)
     lam0 = lams[0]
-    P, logdet1 = _first_term(lam0, X.d1)
-    T, K = _schur(lams, P, X)
     scalar = all(k == 1 for k in s.k[1:])
-    if scalar:
-        lv = _scalar_scales(lams, s)
-        S = T * np.outer(lv, lv)
-    else:
-        S = _scale(_scale(T, lams, s, "right"), lams, s, "left")
-    S[np.arange(qr), np.arange(qr)] += 1.0
     L, info = scipy.linalg.lapack.dpotrf(S, lower=1, clean=1, overwrite_a=1)
     if info != 0:
         return np.inf, np.full(theta.shape, np.nan)
-    ld = 2.0 * np.log(np.diagonal(L))
+    f, _, _, _ = _criterion(L, logdet1, X, reml)
     dof, s1 = _coefficients(X, reml)
-    logdet_z = logdet1 + float(np.sum(ld[:qr]))
-    logdet_x = float(np.sum(ld[qr:N - 1]))
-    pwrss = L[N - 1, N - 1] ** 2
-    f = logdet_z + dof * (1.0 + math.log(2.0 * math.pi * pwrss / dof)) - X.ldw
-    if reml:
-        f += logdet_x
     if not grad:
         return f, None
     G = _weights_matrix(L, s1, dof)                                   # lower triangle
@@ -330,6 +346,7 @@ def value_grad(theta, X: Prepared, reml: bool = True, grad: bool = True):
         start += k * m
     # First term: Q_a = B_a G~ B_a', G~ = Lambda_e G Lambda_e'.
     if scalar:
+        lv = _scalar_scales(lams, s)
         Gt = G                                                        # scaled in place
         Gt *= lv[:, None]
         Gt *= lv[None, :]
@@ -439,17 +456,12 @@ def solve_np(theta, X: Prepared, reml: bool = True) -> pls.Solution:
     theta = np.asarray(theta, np.float64)
     qr, N, k0 = s.q_rest, X.R0.shape[0], s.k[0]
     p = N - 1 - qr
-    lams = lambdas_np(theta, s)
+    lams, _, logdet1, _, S = _rest_block(theta, X)
     lam0 = lams[0]
-    P, logdet1 = _first_term(lam0, X.d1)
-    T, _ = _schur(lams, P, X)
-    S = _scale(_scale(T, lams, s, "right"), lams, s, "left")
-    S[np.arange(qr), np.arange(qr)] += 1.0
+    # Full symmetric S for the stored factor (the evaluation keeps one triangle).
+    S = np.tril(S) + np.tril(S, -1).T
     Lr = np.linalg.cholesky(S)
-    ld = 2.0 * np.log(np.diagonal(Lr))
-    logdet_z = logdet1 + float(np.sum(ld[:qr]))
-    logdet_x = float(np.sum(ld[qr:N - 1]))
-    pwrss = Lr[-1, -1] ** 2
+    obj, logdet_z, logdet_x, pwrss = _criterion(Lr, logdet1, X, reml)
     x = scipy.linalg.solve_triangular(Lr[:-1, :-1], Lr[-1, :-1], lower=True, trans="T")
     u_rest, beta = x[:qr], x[qr:]
     L11 = np.linalg.cholesky(lam0.T @ X.d1 @ lam0 + np.eye(k0))
@@ -461,9 +473,6 @@ def solve_np(theta, X: Prepared, reml: bool = True) -> pls.Solution:
         wx = wx + _level_sum(X.ent_a, w_ent * b_rest[X.ent_c][:, None], s.m[0])
     u0 = np.linalg.solve(np.swapaxes(L11, -1, -2), (w_xy[..., p] - wx)[..., None])[..., 0]
     dof = X.n - X.p if reml else X.n
-    obj = logdet_z + dof * (1.0 + math.log(2.0 * math.pi * pwrss / dof)) - X.ldw
-    if reml:
-        obj += logdet_x
     F = pls.Factor(L11=L11, w_ent=w_ent, w_xy=w_xy, S=S)
     return pls.Solution(beta=beta, u0=u0, u_rest=u_rest, sigma=np.sqrt(pwrss / dof),
                         pwrss=pwrss, logdet_z=logdet_z, logdet_x=logdet_x, objective=obj,
