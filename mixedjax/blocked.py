@@ -222,7 +222,7 @@ def _schur(lams, P, X: Prepared):
     # and waking NumPy's between LAPACK calls halves LAPACK's speed on 2 cores.
     T[qr:, qr:] -= np.einsum("akp,akq->pq", X.bxy, Kb)
     if not qr:
-        return T, K
+        return T
     # Z_rest x (X, y): entry e adds v_e' K_a b_a to row c_e.
     if X.Vsp is not None:
         zx = X.Vsp.T @ Kb[:, 0, :]
@@ -243,7 +243,7 @@ def _schur(lams, P, X: Prepared):
     if any(k > 1 for k in s.k[1:]):
         # Lambda_e mixes columns within a level's block, which reads both triangles.
         T[:qr, :qr] = np.tril(T[:qr, :qr]) + np.tril(T[:qr, :qr], -1).T
-    return T, K
+    return T
 
 
 def _dense_w(lam0, P, X: Prepared):
@@ -272,7 +272,7 @@ def _rest_block(theta, X: Prepared):
     s = X.structure
     lams = lambdas_np(theta, s)
     P, logdet1 = _first_term(lams[0], X.d1)
-    T, _ = _schur(lams, P, X)
+    T = _schur(lams, P, X)
     if all(k == 1 for k in s.k[1:]):
         lv = _scalar_scales(lams, s)
         S = T * np.outer(lv, lv)
