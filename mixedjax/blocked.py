@@ -54,7 +54,7 @@ import scipy.linalg
 from . import pls
 from .analytic import lambdas_np
 
-__all__ = ["Prepared", "prepare", "value_grad", "value", "solve_np"]
+__all__ = ["Prepared", "prepare", "value_grad", "value", "solve_np", "curvature_guess"]
 
 
 class Prepared(NamedTuple):
@@ -460,11 +460,15 @@ def solve_np(theta, X: Prepared, reml: bool = True) -> pls.Solution:
     lam0 = lams[0]
     # Full symmetric S for the stored factor (the evaluation keeps one triangle).
     S = np.tril(S) + np.tril(S, -1).T
-    Lr = np.linalg.cholesky(S)
+    # SciPy's LAPACK, not np.linalg: see _schur on the two OpenBLAS thread pools.
+    Lr, info = scipy.linalg.lapack.dpotrf(S, lower=1, clean=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("the rest block is not positive definite at theta")
     obj, logdet_z, logdet_x, pwrss = _criterion(Lr, logdet1, X, reml)
     x = scipy.linalg.solve_triangular(Lr[:-1, :-1], Lr[-1, :-1], lower=True, trans="T")
     u_rest, beta = x[:qr], x[qr:]
-    L11 = np.linalg.cholesky(lam0.T @ X.d1 @ lam0 + np.eye(k0))
+    M11 = lam0.T @ X.d1 @ lam0 + np.eye(k0)
+    L11 = np.sqrt(M11) if k0 == 1 else np.linalg.cholesky(M11)
     w_xy = np.linalg.solve(L11, lam0.T @ X.bxy)                       # (m0, k0, p + 1)
     w_ent = np.linalg.solve(L11[X.ent_a], (X.ent_v @ lam0)[:, :, None])[..., 0]
     wx = w_xy[..., :p] @ beta
@@ -477,3 +481,34 @@ def solve_np(theta, X: Prepared, reml: bool = True) -> pls.Solution:
     return pls.Solution(beta=beta, u0=u0, u_rest=u_rest, sigma=np.sqrt(pwrss / dof),
                         pwrss=pwrss, logdet_z=logdet_z, logdet_x=logdet_x, objective=obj,
                         factor=F, Lr=Lr)
+
+
+def curvature_guess(theta, X: Prepared) -> np.ndarray:
+    """A cheap diagonal approximation of the criterion's Hessian, on the log scale
+    for the diagonal entries of each Lambda, for preconditioning the search.
+
+    For a balanced one-way layout the Fisher information of log sigma_b^2 is
+    (1/2) sum_a rho_a^2 with rho_a = n_a sigma_b^2 / (sigma^2 + n_a sigma_b^2), the
+    shrinkage factor of level a (Searle, Casella & McCulloch, "Variance
+    Components", ch. 3, the 1-way classification); in the deviance's units (x 2) and for
+    z = log theta = (log sigma_b^2 - log sigma^2) / 2 (x 4) this is
+    4 sum_a rho_a^2, with n_a theta^2 in place of n_a sigma_b^2 / sigma^2.  Each
+    term is treated as if alone, with n_a the level's diagonal of Z'Z; an
+    off-diagonal entry (r, c) takes 4 sum_a rho_ar rho_ac.
+    """
+    s = X.structure
+    lams = lambdas_np(np.asarray(theta, np.float64), s)
+    counts = [np.diagonal(X.d1, 0, -2, -1)]
+    diag_rest = np.diagonal(X.R0)[:s.q_rest]
+    start = 0
+    for k, m in zip(s.k[1:], s.m[1:]):
+        counts.append(diag_rest[start:start + k * m].reshape(m, k))
+        start += k * m
+    out = []
+    for lam, n, k in zip(lams, counts, s.k):
+        u = n * np.diagonal(lam) ** 2
+        rho = u / (1.0 + u)
+        r, c = pls._tril_indices(k)
+        out.append(4.0 * np.sum(rho[:, r] * rho[:, c], axis=0))
+    h = np.concatenate(out)
+    return np.maximum(h, 1e-8 * max(float(np.max(h)), 1.0))

@@ -91,13 +91,14 @@ def fit_arrays(theta0, A: pls.PLSArrays, reml: bool = True, max_iter: int = 200,
 def fit_blocked(theta0, X, reml: bool = True, max_iter: int = 200) -> FitOutput:
     """:func:`fit_arrays` with optimizer "bfgs", eagerly: BFGS in NumPy on the exact
     gradient of :mod:`mixedjax.blocked` (``X`` from :func:`blocked.prepare`), first on
-    the log scale of the covariance factors' diagonals (see
-    :func:`~mixedjax.optimize.bfgs_minimize_eager`)."""
+    the log scale of the covariance factors' diagonals, preconditioned by
+    :func:`blocked.curvature_guess` (see :func:`~mixedjax.optimize.bfgs_minimize_eager`)."""
     from . import blocked
 
     s = X.structure
     opt = bfgs_minimize_eager(lambda x: blocked.value_grad(x, X, reml), theta0,
-                              max_iter=max_iter, log_mask=np.isfinite(pls.lower_bounds(s)))
+                              max_iter=max_iter, log_mask=np.isfinite(pls.lower_bounds(s)),
+                              hess0=lambda x: blocked.curvature_guess(x, X))
     theta = pls.rectify_theta(opt.x, s)
     return FitOutput(opt=opt, theta=theta, solution=blocked.solve_np(theta, X, reml))
 
