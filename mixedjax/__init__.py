@@ -4,7 +4,9 @@ Importing mixedjax turns on JAX's float64 mode (results must match lme4 to 1e-6)
 and, unless ``MIXEDJAX_COMPILATION_CACHE=0`` is set or a cache directory is
 already configured, JAX's persistent compilation cache under
 ``~/.cache/mixedjax`` (or ``$MIXEDJAX_CACHE_DIR``), so a model structure compiled
-once loads from disk in later processes.
+once loads from disk in later processes.  It does not import JAX itself: models
+are built and fitted eagerly in NumPy, and JAX loads at the first compiled or
+traced use (see :mod:`mixedjax._config`).
 """
 
 from ._config import configure_jax as _configure_jax
@@ -15,13 +17,13 @@ from . import datasets  # noqa: E402
 from .design import Design, make_design  # noqa: E402
 from .formula import ParsedFormula, RandomTerm, parse_formula  # noqa: E402
 from .model import LMM, ConvergenceWarning, lmer  # noqa: E402
-from .pls import objective as profiled_objective  # noqa: E402
 from .result import LMMResult  # noqa: E402
 
 __version__ = "0.1.0"
 
 # Features beyond the core fit load on first use, so ``import mixedjax`` stays fast.
 _LAZY = {
+    "profiled_objective": ("mixedjax.pls", "objective"),
     "anova": "mixedjax.inference.lrt",
     "pb_test": "mixedjax.simulate",
     "simulate_design": "mixedjax.simulate",
@@ -44,11 +46,12 @@ _LAZY = {
 
 
 def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
+    target = _LAZY.get(name)
+    if target is None:
         raise AttributeError(f"module 'mixedjax' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
     import importlib
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module), attr)
 
 
 def __dir__():
@@ -56,6 +59,5 @@ def __dir__():
 
 __all__ = [
     "LMM", "LMMResult", "lmer", "ConvergenceWarning", "datasets", "parse_formula",
-    "ParsedFormula", "RandomTerm", "make_design", "Design", "profiled_objective",
-    *_LAZY,
+    "ParsedFormula", "RandomTerm", "make_design", "Design", *_LAZY,
 ]

@@ -52,7 +52,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import pls
+from . import layout
 
 __all__ = ["applicable", "Constants", "constants", "value_grad_hess", "value"]
 
@@ -77,7 +77,7 @@ class Constants(NamedTuple):
     Jj: np.ndarray
 
 
-def applicable(structure: pls.Structure, dense_coupling: bool) -> bool:
+def applicable(structure: layout.Structure, dense_coupling: bool) -> bool:
     """Whether the closed forms apply: no later terms, or a dense coupling of the
     first term to them (see :class:`mixedjax.batchfit.Coupling`) and a small rest."""
     if structure.q_rest == 0:
@@ -86,17 +86,17 @@ def applicable(structure: pls.Structure, dense_coupling: bool) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def constants(structure: pls.Structure) -> Constants:
+def constants(structure: layout.Structure) -> Constants:
     k0 = structure.k[0]
     qr, p = structure.q_rest, structure.p
     ns = qr + p + 1
-    r, c = pls._tril_indices(k0)
+    r, c = layout._tril_indices(k0)
     E0 = np.zeros((len(r), k0, k0))
     E0[np.arange(len(r)), r, c] = 1.0
     F = []
     start = 0
     for k, m in zip(structure.k[1:], structure.m[1:]):
-        rr, cc = pls._tril_indices(k)
+        rr, cc = layout._tril_indices(k)
         for ri, ci in zip(rr, cc):
             Fr = np.zeros((ns, ns))
             lv = start + np.arange(m) * k
@@ -147,7 +147,7 @@ def _np_chol_inv(S):
 def _jnp_ops():
     import jax.numpy as jnp
 
-    from . import batchfit
+    from . import batchfit, pls
 
     def mm(a, b):
         # Tiny inner dimensions: broadcast-multiply-sum fuses into elementwise loops
@@ -212,7 +212,7 @@ def rest_blocks(A, V, xp=np):
     return C, R0
 
 
-def value_grad_hess(theta, A: pls.PLSArrays, reml, V=None, order: int = 2, blocks=None):
+def value_grad_hess(theta, A: layout.PLSArrays, reml, V=None, order: int = 2, blocks=None):
     """The profiled criterion at ``theta`` and, up to ``order`` (0, 1 or 2), its
     gradient and Hessian (None where not asked for).
 
@@ -356,7 +356,7 @@ def _add_block(hess, block, n0, xp):
     return hess + pad
 
 
-def value(theta, A: pls.PLSArrays, reml, V=None, blocks=None):
+def value(theta, A: layout.PLSArrays, reml, V=None, blocks=None):
     """The criterion alone (as ``pls.objective``), from the same formulas."""
     return value_grad_hess(theta, A, reml, V, order=0, blocks=blocks)[0]
 
@@ -369,18 +369,18 @@ def _jnp_module():
 # ----------------------------------------------------------------------------------
 # Eager (NumPy) fit: no compilation
 # ----------------------------------------------------------------------------------
-def lambdas_np(theta, structure: pls.Structure) -> list[np.ndarray]:
+def lambdas_np(theta, structure: layout.Structure) -> list[np.ndarray]:
     """:func:`pls.theta_to_lambdas` in NumPy."""
     out = []
     for k, sl in zip(structure.k, structure.theta_slices):
-        r, c = pls._tril_indices(k)
+        r, c = layout._tril_indices(k)
         lam = np.zeros((k, k))
         lam[r, c] = theta[sl]
         out.append(lam)
     return out
 
 
-def solve_np(theta, A: pls.PLSArrays, reml: bool, V=None) -> pls.Solution:
+def solve_np(theta, A: layout.PLSArrays, reml: bool, V=None) -> layout.Solution:
     """:func:`pls.solve` in NumPy for the designs of :func:`applicable` (the same
     factor layout, so a result built from it behaves as one from the compiled path).
 
@@ -423,13 +423,13 @@ def solve_np(theta, A: pls.PLSArrays, reml: bool, V=None) -> pls.Solution:
     nu = A.n - A.p if reml else A.n
     obj = (logdet_z + nu * (1.0 + np.log(2.0 * math.pi * pwrss / nu)) - A.ldw
            + (logdet_x if reml else 0.0))
-    F = pls.Factor(L11=L11, w_ent=w_ent, w_xy=w_xy, S=S)
-    return pls.Solution(beta=beta, u0=u0, u_rest=u_rest, sigma=np.sqrt(pwrss / nu),
+    F = layout.Factor(L11=L11, w_ent=w_ent, w_xy=w_xy, S=S)
+    return layout.Solution(beta=beta, u0=u0, u_rest=u_rest, sigma=np.sqrt(pwrss / nu),
                         pwrss=pwrss, logdet_z=logdet_z, logdet_x=logdet_x, objective=obj,
                         factor=F, Lr=Lr)
 
 
-def _lambda_e(lams, structure: pls.Structure) -> np.ndarray:
+def _lambda_e(lams, structure: layout.Structure) -> np.ndarray:
     """Lambda_e = blockdiag(Lambda_rest, I_{p+1}) as a dense matrix."""
     blocks = [np.kron(np.eye(m), lam) for lam, m in zip(lams[1:], structure.m[1:])]
     blocks.append(np.eye(structure.p + 1))

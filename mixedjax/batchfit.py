@@ -34,9 +34,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from . import analytic, lanes, pls
+from . import analytic, lanes, layout, pls
 from .model import rectify
 from .optimize import backtrack
 
@@ -190,9 +189,6 @@ def _leading_logdets_jvp(sizes, primals, tangents):
 # ----------------------------------------------------------------------------------
 # The factorization with a dense first-term coupling (small crossed designs)
 # ----------------------------------------------------------------------------------
-DENSE_COUPLING = 32768  # m0 * k0 * q_rest up to which the coupling is kept dense
-
-
 class Coupling(NamedTuple):
     """Z0' Z_rest as a dense (m0, k0, q_rest) array (None: keep pls's sparse entries).
 
@@ -206,13 +202,8 @@ class Coupling(NamedTuple):
 
 def coupling(A: pls.PLSArrays) -> Coupling:
     """The dense coupling of ``A`` when it is small, else an empty one."""
-    s = A.structure
-    qr = s.q_rest
-    if not qr or s.m[0] * s.k[0] * qr > DENSE_COUPLING:
-        return Coupling(None)
-    V = np.zeros((s.m[0], qr, s.k[0]))
-    np.add.at(V, (np.asarray(A.ent_a), np.asarray(A.ent_c)), np.asarray(A.ent_v))
-    return Coupling(jax.device_put(np.swapaxes(V, 1, 2)))
+    V = layout.dense_coupling(A)
+    return Coupling(None if V is None else jax.device_put(V))
 
 
 def factor(theta, A: pls.PLSArrays, C: Coupling) -> pls.Factor:

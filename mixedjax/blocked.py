@@ -51,7 +51,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 
-from . import pls
+from . import layout
 from .analytic import lambdas_np
 
 __all__ = ["Prepared", "prepare", "value_grad", "value", "solve_np", "curvature_guess"]
@@ -76,7 +76,7 @@ class Prepared(NamedTuple):
     scalar first term, else as ``Vs``, a sparse (m0 k0, q_rest) matrix.
     """
 
-    structure: pls.Structure
+    structure: layout.Structure
     d1: np.ndarray
     bxy: np.ndarray
     ent_a: np.ndarray
@@ -100,7 +100,7 @@ class Prepared(NamedTuple):
     ldw: float
 
 
-def prepare(A: pls.PLSArrays) -> Prepared:
+def prepare(A: layout.PLSArrays) -> Prepared:
     """The arrays :func:`value_grad` needs, from a design's (NumPy) ``PLSArrays``."""
     A = A if isinstance(A.d1, np.ndarray) else _to_numpy(A)
     s = A.structure
@@ -171,12 +171,12 @@ def _pair_matrix(key, level, value, m0: int, size: int):
     return Mk, ukeys
 
 
-def _to_numpy(A: pls.PLSArrays) -> pls.PLSArrays:
+def _to_numpy(A: layout.PLSArrays) -> layout.PLSArrays:
     import jax
     return jax.tree_util.tree_map(np.asarray, A)
 
 
-def _scale(M, lams, s: pls.Structure, side: str):
+def _scale(M, lams, s: layout.Structure, side: str):
     """M Lambda_e (side 'right') or Lambda_e' M ('left'), blockwise by term (the
     first ``M.shape`` columns, or rows, of Lambda_e)."""
     if side == "left":
@@ -192,7 +192,7 @@ def _scale(M, lams, s: pls.Structure, side: str):
     return out
 
 
-def _scalar_scales(lams, s: pls.Structure):
+def _scalar_scales(lams, s: layout.Structure):
     """The diagonal of Lambda_e when every later term is scalar."""
     parts = [np.full(m, lam[0, 0]) for lam, m in zip(lams[1:], s.m[1:])]
     return np.concatenate(parts + [np.ones(s.p + 1)])
@@ -341,7 +341,7 @@ def value_grad(theta, X: Prepared, reml: bool = True, grad: bool = True):
             Tf = sym("T", T)
             Z = np.einsum("bkn,nbl->bkl", Y.reshape(m, k, N), Tf[:, cols].reshape(N, m, k))
             Zs = Z.sum(axis=0)                                        # (k, k): [c, r] entries
-            r, c = pls._tril_indices(k)
+            r, c = layout._tril_indices(k)
             g[slices[t]] = 2.0 * Zs[c, r]
         start += k * m
     # First term: Q_a = B_a G~ B_a', G~ = Lambda_e G Lambda_e'.
@@ -368,7 +368,7 @@ def value_grad(theta, X: Prepared, reml: bool = True, grad: bool = True):
     PLQ = P @ lam0.T @ Q
     term = PLd - PLQ + PLQ @ lam0 @ PLd
     tot = term.sum(axis=0)
-    r, c = pls._tril_indices(s.k[0])
+    r, c = layout._tril_indices(s.k[0])
     g[slices[0]] += 2.0 * tot[c, r]
     return f, g
 
@@ -449,7 +449,7 @@ def _level_sum(levels, vals, m0):
     return out
 
 
-def solve_np(theta, X: Prepared, reml: bool = True) -> pls.Solution:
+def solve_np(theta, X: Prepared, reml: bool = True) -> layout.Solution:
     """:func:`mixedjax.pls.solve` in NumPy over the same layout (padded or not), so a
     result built from it behaves as one from the compiled path."""
     s = X.structure
@@ -477,8 +477,8 @@ def solve_np(theta, X: Prepared, reml: bool = True) -> pls.Solution:
         wx = wx + _level_sum(X.ent_a, w_ent * b_rest[X.ent_c][:, None], s.m[0])
     u0 = np.linalg.solve(np.swapaxes(L11, -1, -2), (w_xy[..., p] - wx)[..., None])[..., 0]
     dof = X.n - X.p if reml else X.n
-    F = pls.Factor(L11=L11, w_ent=w_ent, w_xy=w_xy, S=S)
-    return pls.Solution(beta=beta, u0=u0, u_rest=u_rest, sigma=np.sqrt(pwrss / dof),
+    F = layout.Factor(L11=L11, w_ent=w_ent, w_xy=w_xy, S=S)
+    return layout.Solution(beta=beta, u0=u0, u_rest=u_rest, sigma=np.sqrt(pwrss / dof),
                         pwrss=pwrss, logdet_z=logdet_z, logdet_x=logdet_x, objective=obj,
                         factor=F, Lr=Lr)
 
@@ -508,7 +508,8 @@ def curvature_guess(theta, X: Prepared) -> np.ndarray:
     for lam, n, k in zip(lams, counts, s.k):
         u = n * np.diagonal(lam) ** 2
         rho = u / (1.0 + u)
-        r, c = pls._tril_indices(k)
+        r, c = layout._tril_indices(k)
         out.append(4.0 * np.sum(rho[:, r] * rho[:, c], axis=0))
     h = np.concatenate(out)
     return np.maximum(h, 1e-8 * max(float(np.max(h)), 1.0))
+

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import pls
+from . import layout, pls
 from .model import LMM, rectify
 from .optimize import newton_minimize
 
@@ -101,12 +101,12 @@ class Layout(NamedTuple):
 
 def make_layout(design, arrays: pls.PLSArrays, pad: bool) -> Layout:
     """Index structure of ``design`` matching the entry order of ``arrays``."""
-    terms = [pls._Scaled(t.codes, t.Z, t.nlevels) for t in design.terms]
-    _, _, cols, zvals = pls._layout(terms, design.X, pad)
+    terms = [layout._Scaled(t.codes, t.Z, t.nlevels) for t in design.terms]
+    _, _, cols, zvals = layout._layout(terms, design.X, pad)
     s = arrays.structure
     codes0 = terms[0].codes
     if s.q_rest:
-        ent_a, ent_c, _ = pls._entries(codes0, terms[0].Z, cols, zvals, s.q_rest)
+        ent_a, ent_c, _ = layout._entries(codes0, terms[0].Z, cols, zvals, s.q_rest)
         keys = ent_a * s.q_rest + ent_c
         ent_idx = np.searchsorted(keys, codes0[:, None] * s.q_rest + cols)
         if not (np.array_equal(np.asarray(arrays.ent_a[:len(keys)]), ent_a)

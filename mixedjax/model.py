@@ -2,8 +2,9 @@
 
 ``LMM.from_formula`` builds the design and the precomputed arrays once;
 ``LMM.objective`` is the profiled criterion as a function of theta; ``LMM.fit``
-runs the compiled Newton iteration and returns a new :class:`LMMResult` (the model
-is never modified).  ``lmer`` does both in one call, as lme4's ``lmer``.
+minimizes it (eagerly in NumPy where it can, see :func:`choose_optimizer`; the
+compiled fit is in :mod:`mixedjax.compiled`) and returns a new :class:`LMMResult`
+(the model is never modified).  ``lmer`` does both in one call, as lme4's ``lmer``.
 """
 
 from __future__ import annotations
@@ -12,16 +13,13 @@ import functools
 import time
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import pls
+from . import layout
 from ._warn import warn_user
 from .design import Design, make_design
-from .optimize import (NewtonResult, bfgs_minimize, bfgs_minimize_eager, newton_minimize,
-                       newton_minimize_eager)
+from .optimize_np import NewtonResult, bfgs_minimize_eager, newton_minimize_eager
 
 __all__ = ["LMM", "lmer", "ConvergenceWarning"]
 
@@ -34,20 +32,8 @@ class FitOutput(NamedTuple):
     """Everything the compiled fit returns (arrays only, so it batches)."""
 
     opt: NewtonResult
-    theta: jax.Array          # rectified (lme4's sign convention)
-    solution: pls.Solution
-
-
-def rectify(theta, structure: pls.Structure):
-    """jnp version of :func:`pls.rectify_theta` (usable inside jit/vmap)."""
-    parts = []
-    for k, sl in zip(structure.k, structure.theta_slices):
-        rows, cols = pls._tril_indices(k)
-        block = theta[sl]
-        diag_pos = np.array([np.flatnonzero((cols == j) & (rows == j))[0] for j in range(k)])
-        signs = jnp.where(block[diag_pos] < 0, -1.0, 1.0)
-        parts.append(block * signs[cols])
-    return jnp.concatenate(parts)
+    theta: np.ndarray         # rectified (lme4's sign convention); jax arrays when traced
+    solution: layout.Solution
 
 
 # Above this many columns in the dense "rest" block, an exact Hessian per iteration
@@ -58,7 +44,7 @@ DENSE_REST_FOR_BFGS = 400
 OPTIMIZERS = ("newton", "bfgs")
 
 
-def choose_optimizer(structure: pls.Structure, optimizer: str = "auto",
+def choose_optimizer(structure: layout.Structure, optimizer: str = "auto",
                      closed_form: bool = False) -> str:
     """Resolve ``optimizer="auto"`` to "newton" or "bfgs" for a model structure.
 
@@ -74,39 +60,27 @@ def choose_optimizer(structure: pls.Structure, optimizer: str = "auto",
     return optimizer
 
 
-def fit_arrays(theta0, A: pls.PLSArrays, reml: bool = True, max_iter: int = 200,
-               optimizer: str = "newton") -> FitOutput:
-    """Fit theta from ``theta0`` and solve for beta, u, sigma at the optimum.
-
-    ``optimizer``: "newton" (exact Hessian) or "bfgs" (exact gradients).  Pure and
-    jit/vmap-compatible: ``jax.vmap(fit_arrays, (None, 0))`` fits a batch of
-    responses that share one design.
-    """
-    minimize = bfgs_minimize if optimizer == "bfgs" else newton_minimize
-    opt = minimize(pls.objective, theta0, A, reml, max_iter=max_iter)
-    theta = rectify(opt.x, A.structure)
-    return FitOutput(opt=opt, theta=theta, solution=pls.solve(theta, A, reml))
-
-
 def fit_blocked(theta0, X, reml: bool = True, max_iter: int = 200) -> FitOutput:
-    """:func:`fit_arrays` with optimizer "bfgs", eagerly: BFGS in NumPy on the exact
-    gradient of :mod:`mixedjax.blocked` (``X`` from :func:`blocked.prepare`), first on
-    the log scale of the covariance factors' diagonals, preconditioned by
-    :func:`blocked.curvature_guess` (see :func:`~mixedjax.optimize.bfgs_minimize_eager`)."""
+    """:func:`~mixedjax.compiled.fit_arrays` with optimizer "bfgs", eagerly: BFGS in
+    NumPy on the exact gradient of :mod:`mixedjax.blocked` (``X`` from
+    :func:`blocked.prepare`), first on the log scale of the covariance factors'
+    diagonals, preconditioned by :func:`blocked.curvature_guess` (see
+    :func:`~mixedjax.optimize_np.bfgs_minimize_eager`)."""
     from . import blocked
 
     s = X.structure
     opt = bfgs_minimize_eager(lambda x: blocked.value_grad(x, X, reml), theta0,
-                              max_iter=max_iter, log_mask=np.isfinite(pls.lower_bounds(s)),
+                              max_iter=max_iter, log_mask=np.isfinite(layout.lower_bounds(s)),
                               hess0=lambda x: blocked.curvature_guess(x, X))
-    theta = pls.rectify_theta(opt.x, s)
+    theta = layout.rectify_theta(opt.x, s)
     return FitOutput(opt=opt, theta=theta, solution=blocked.solve_np(theta, X, reml))
 
 
-def fit_eager(theta0, A: pls.PLSArrays, V, reml: bool = True,
+def fit_eager(theta0, A: layout.PLSArrays, V, reml: bool = True,
               max_iter: int = 200) -> FitOutput:
-    """:func:`fit_arrays` by Newton in NumPy with the closed-form derivatives of
-    :mod:`mixedjax.analytic` (``A`` as NumPy arrays, ``V`` its dense coupling).
+    """:func:`~mixedjax.compiled.fit_arrays` by Newton in NumPy with the closed-form
+    derivatives of :mod:`mixedjax.analytic` (``A`` as NumPy arrays, ``V`` its dense
+    coupling).
 
     For the small designs where those apply, compiling the jitted fit takes
     seconds while the whole eager fit takes milliseconds; the iteration rules are
@@ -119,20 +93,21 @@ def fit_eager(theta0, A: pls.PLSArrays, V, reml: bool = True,
     opt = newton_minimize_eager(lambda x: analytic.value_grad_hess(x, A, reml, V, blocks=blocks),
                                 lambda x: analytic.value(x, A, reml, V, blocks=blocks),
                                 theta0, max_iter=max_iter)
-    theta = pls.rectify_theta(opt.x, A.structure)
+    theta = layout.rectify_theta(opt.x, A.structure)
     return FitOutput(opt=opt, theta=theta, solution=analytic.solve_np(theta, A, reml, V))
-
-
-_fit_jit = jax.jit(fit_arrays, static_argnames=("reml", "max_iter", "optimizer"))
-_objective_jit = jax.jit(pls.objective, static_argnames=("reml",))
 
 
 class LMM:
     """A linear mixed model specified by an lme4 formula and a DataFrame.
 
     Attributes: ``design`` (:class:`~mixedjax.design.Design`), ``arrays`` (the
-    precomputed :class:`~mixedjax.pls.PLSArrays`), ``reml``.  ``objective(theta)`` is
-    the profiled REML criterion (``reml=True``) or deviance, as lme4's ``devfun``.
+    precomputed :class:`~mixedjax.pls.PLSArrays`, on the device), ``reml``.
+    ``objective(theta)`` is the profiled REML criterion (``reml=True``) or deviance,
+    as lme4's ``devfun``.
+
+    The blocks are computed in NumPy when the model is built; JAX is imported, and
+    ``arrays`` transferred, at the first use that needs it (``objective``, a
+    compiled fit, batched refits).  Eager fits read the NumPy blocks directly.
     """
 
     def __init__(self, design: Design, reml: bool = True, pad: bool | None = None,
@@ -145,9 +120,15 @@ class LMM:
             q_rest = sum(t.k * t.nlevels for t in design.terms[1:])
             pad = q_rest <= DENSE_REST_FOR_BFGS
         self.pad = bool(pad)
-        self.arrays = pls.build_arrays(design.terms, design.X, design.y, pad=pad,
-                                       weights=design.weights, offset=design.offset)
+        self.arrays_np = layout.build_arrays(design.terms, design.X, design.y, pad=pad,
+                                             weights=design.weights, offset=design.offset)
         self.data_name = data_name
+
+    @functools.cached_property
+    def arrays(self):
+        """:attr:`arrays_np` on the device (:class:`~mixedjax.pls.PLSArrays`)."""
+        from . import pls
+        return pls.to_device(self.arrays_np)
 
     @classmethod
     def from_formula(cls, formula: str, data: pd.DataFrame, reml: bool = True,
@@ -163,15 +144,17 @@ class LMM:
         return cls(design, reml=reml, pad=pad, data_name=name)
 
     @functools.cached_property
-    def response_map(self) -> pls.ResponseMap:
-        """Maps a new response vector to :attr:`arrays` (see :func:`pls.with_response`)."""
+    def response_map(self):
+        """Maps a new response vector to :attr:`arrays` (a :class:`pls.ResponseMap`;
+        see :func:`pls.with_response`)."""
+        from . import pls
         d = self.design
         return pls.response_map(d.terms, d.X, pad=self.pad, weights=d.weights, offset=d.offset)
 
     # -- the criterion -----------------------------------------------------------
     @property
-    def structure(self) -> pls.Structure:
-        return self.arrays.structure
+    def structure(self) -> layout.Structure:
+        return self.arrays_np.structure
 
     @property
     def ntheta(self) -> int:
@@ -182,7 +165,7 @@ class LMM:
         """Names of theta's entries: ``group.row.col`` of each Lambda element."""
         names = []
         for term in self.design.terms:
-            rows, cols = pls._tril_indices(term.k)
+            rows, cols = layout._tril_indices(term.k)
             for r, c in zip(rows, cols):
                 if r == c:
                     names.append(f"{term.group_name}.{term.cnames[r]}")
@@ -198,6 +181,11 @@ class LMM:
         ``mixedjax.pls.objective(theta, model.arrays, model.reml)`` so the arrays
         are arguments, not constants baked into the compiled code.
         """
+        import jax
+        import jax.numpy as jnp
+
+        from . import compiled, pls
+
         theta = jnp.asarray(theta, dtype=jnp.float64)
         if theta.shape[-1] != self.ntheta:
             raise ValueError(f"theta must have {self.ntheta} entries "
@@ -205,11 +193,13 @@ class LMM:
         if isinstance(theta, jax.core.Tracer):
             return pls.objective(theta, self.arrays, self.reml)
         if theta.ndim > 1:
-            return jax.vmap(lambda t: _objective_jit(t, self.arrays, reml=self.reml))(theta)
-        return _objective_jit(theta, self.arrays, reml=self.reml)
+            f = compiled._objective_jit
+            return jax.vmap(lambda t: f(t, self.arrays, reml=self.reml))(theta)
+        return compiled._objective_jit(theta, self.arrays, reml=self.reml)
 
     def initial_theta(self) -> np.ndarray:
-        return pls.initial_theta(self.structure)
+        """lme4's starting value: identity relative covariance factors."""
+        return layout.initial_theta(self.structure)
 
     # -- fitting -------------------------------------------------------------------
     def fit(self, theta0=None, max_iter: int = 200, optimizer: str = "auto"):
@@ -234,8 +224,11 @@ class LMM:
         elif eager is not None:
             out = fit_eager(theta0, *eager, reml=self.reml, max_iter=max_iter)
         else:
-            out = _fit_jit(jnp.asarray(theta0), self.arrays, reml=self.reml,
-                           max_iter=max_iter, optimizer=optimizer)
+            import jax
+
+            from . import compiled
+            out = compiled._fit_jit(jax.device_put(theta0), self.arrays, reml=self.reml,
+                                    max_iter=max_iter, optimizer=optimizer)
             out = jax.tree_util.tree_map(np.asarray, out)
         elapsed = time.perf_counter() - t0
         result = LMMResult(self, out, theta0=theta0, elapsed=elapsed, optimizer=optimizer)
@@ -250,18 +243,17 @@ class LMM:
         """The prepared arrays of :mod:`mixedjax.blocked` (built once per model)."""
         if "_blocked_arrays" not in self.__dict__:
             from . import blocked
-            self.__dict__["_blocked_arrays"] = blocked.prepare(self.arrays)
+            self.__dict__["_blocked_arrays"] = blocked.prepare(self.arrays_np)
         return self.__dict__["_blocked_arrays"]
 
     def _eager_arrays(self):
         """(NumPy arrays, dense coupling) when the closed-form derivatives of
         :mod:`mixedjax.analytic` apply to this design, else None."""
         if "_eager" not in self.__dict__:
-            from . import analytic, batchfit
-            V = batchfit.coupling(self.arrays).V
+            from . import analytic
+            V = layout.dense_coupling(self.arrays_np)
             ok = analytic.applicable(self.structure, V is not None)
-            A = jax.tree_util.tree_map(np.asarray, self.arrays)
-            self.__dict__["_eager"] = (A, None if V is None else np.asarray(V)) if ok else None
+            self.__dict__["_eager"] = (self.arrays_np, V) if ok else None
         return self.__dict__["_eager"]
 
     def __repr__(self) -> str:
@@ -282,3 +274,15 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, theta0=None,
     """
     model = LMM.from_formula(formula, data, reml=reml, weights=weights, offset=offset)
     return model.fit(theta0=theta0, max_iter=max_iter)
+
+
+# The compiled fit lives in mixedjax.compiled (it imports JAX); its names stay
+# reachable here for code written against them.
+_COMPILED = ("rectify", "fit_arrays", "_fit_jit", "_objective_jit")
+
+
+def __getattr__(name):
+    if name in _COMPILED:
+        from . import compiled
+        return getattr(compiled, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,240 +31,41 @@ With L the factor of M, r = L[-1, -1] and pwrss = r^2 (JSS eq. 34):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import layout as _layout_np
+# The NumPy side (structure, precomputation, theta's layout, result containers) is
+# in layout, which needs no JAX; its public names are re-exported here.
+from .layout import (Factor, PLSArrays, Solution, Structure, bucket,  # noqa: F401
+                     initial_theta, lower_bounds, rectify_theta, _tril_indices, _weighted,
+                     _layout)
+
+jax.tree_util.register_pytree_node_class(PLSArrays)
+
 __all__ = ["Structure", "PLSArrays", "build_arrays", "objective", "solve", "theta_to_lambdas",
            "initial_theta", "rectify_theta", "lower_bounds", "ResponseMap", "response_map",
            "with_response"]
 
 
-# ----------------------------------------------------------------------------------
-# Static structure and array container
-# ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Structure:
-    """Static shape information (hashable, part of the jit cache key).
-
-    ``k``: columns per term; ``m``: (padded) levels per term; ``p``: (padded)
-    number of fixed effects.  The real ``n`` and ``p`` are array leaves so that
-    designs padded to the same bucket share compiled code.
-    """
-
-    k: tuple[int, ...]
-    m: tuple[int, ...]
-    p: int
-    # True when the first term's coupling to the rest is too dense for pair lists
-    # (see PAIR_LIMIT): the Schur update is then a dense product.
-    dense_w: bool = False
-
-    @property
-    def ntheta(self) -> int:
-        return sum(k * (k + 1) // 2 for k in self.k)
-
-    @property
-    def q_rest(self) -> int:
-        return sum(k * m for k, m in zip(self.k[1:], self.m[1:]))
-
-    @property
-    def theta_slices(self) -> list[slice]:
-        out, start = [], 0
-        for k in self.k:
-            size = k * (k + 1) // 2
-            out.append(slice(start, start + size))
-            start += size
-        return out
-
-
-@jax.tree_util.register_pytree_node_class
-class PLSArrays:
-    """Precomputed cross-products of [Z X y] in the blocked sparse layout.
-
-    First term (m0 levels, k0 columns):
-      d1 (m0, k0, k0)   Z0'Z0 blocks;  b1x (m0, k0, p) Z0'X;  b1y (m0, k0) Z0'y.
-    First term x later terms, non-zero entries e (sorted by level a):
-      ent_a (E,) level of term 0;  ent_c (E,) column of Z_rest;  ent_v (E, k0) values;
-      pair_i, pair_j (P,) all pairs i <= j of entries with the same level.
-    Later terms (dense): rzz (qr, qr), rzx (qr, p), rzy (qr,).
-    Fixed effects: xtx (p, p), xty (p,), yty ().  n, p: real sizes (floats).
-    ldw: sum of log prior weights (0 without weights).  With weights every row of
-    [Z X y] is multiplied by sqrt(w_i) (and y has the offset subtracted first).
-    """
-
-    fields = ("d1", "b1x", "b1y", "ent_a", "ent_c", "ent_v", "pair_i", "pair_j",
-              "rzz", "rzx", "rzy", "xtx", "xty", "yty", "n", "p", "ldw")
-
-    def __init__(self, structure: Structure, **arrays):
-        self.structure = structure
-        for name in self.fields:
-            setattr(self, name, arrays[name])
-
-    def tree_flatten(self):
-        return tuple(getattr(self, f) for f in self.fields), self.structure
-
-    @classmethod
-    def tree_unflatten(cls, structure, children):
-        return cls(structure, **dict(zip(cls.fields, children)))
-
-    def replace(self, **changes) -> "PLSArrays":
-        arrays = {f: getattr(self, f) for f in self.fields}
-        arrays.update(changes)
-        return PLSArrays(self.structure, **arrays)
-
-
-# ----------------------------------------------------------------------------------
-# Precomputation (numpy, once per design)
-# ----------------------------------------------------------------------------------
-def bucket(size: int) -> int:
-    """Round ``size`` up to 2^j, 1.25 * 2^j, 1.5 * 2^j or 1.75 * 2^j (waste < 25%).
-
-    Designs whose sizes fall into the same buckets share compiled code.
-    """
-    if size <= 8:
-        return max(size, 1)
-    base = 1 << (int(size).bit_length() - 1)
-    for mult in (1.0, 1.25, 1.5, 1.75, 2.0):
-        cand = int(base * mult)
-        if cand >= size:
-            return cand
-    return 2 * base
-
-
-def _group_sum(codes: np.ndarray, values: np.ndarray, m: int) -> np.ndarray:
-    """Sum rows of ``values`` (n, ...) by integer ``codes`` into (m, ...)."""
-    out = np.zeros((m,) + values.shape[1:])
-    if len(codes) == 0:
-        return out
-    order = np.argsort(codes, kind="stable")
-    sc = codes[order]
-    starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
-    out[sc[starts]] = np.add.reduceat(values[order], starts, axis=0)
-    return out
-
-
-# The Schur update of the rest block sums over all pairs of entries that share a
-# first-term level: sum over levels of c (c + 1) / 2 pairs for c entries.  That is
-# cheap for InstEval-like data (~2.5e6 pairs) but not for MovieLens-like data (users
-# with thousands of ratings: ~2e8 pairs, gigabytes of indices).  Beyond this many pairs
-# the update is computed as a dense product W'W with W (m0 k0 x q_rest), whose
-# memory is bounded by the dense rest block's size times m0 k0 / q_rest.
-PAIR_LIMIT = 50_000_000
-
-
-class _Scaled(NamedTuple):
-    codes: np.ndarray
-    Z: np.ndarray
-    nlevels: int
-
-
-def _weighted(terms, X, y, weights, offset):
-    """Rows of [Z X y] scaled by sqrt(prior weight), y less its offset (lme4's
-    weighted PLS problem, Bates et al. 2015, JSS 67(1), section 3.2)."""
-    y = np.asarray(y, np.float64)
-    if offset is not None:
-        y = y - offset
-    if weights is None:
-        return [_Scaled(t.codes, t.Z, t.nlevels) for t in terms], X, y
-    sw = np.sqrt(np.asarray(weights, np.float64))
-    return ([_Scaled(t.codes, t.Z * sw[:, None], t.nlevels) for t in terms],
-            X * sw[:, None], y * sw)
-
-
-def _layout(terms, X, pad):
-    """Static structure, padded X and the Z_rest column index of each row's entries."""
-    n, p_real = X.shape
-    ks = tuple(t.Z.shape[1] for t in terms)
-    rb = bucket if pad else (lambda s: max(s, 1))
-    ms = tuple(rb(t.nlevels) for t in terms)
-    p = rb(p_real) if p_real else 0
-    Xp = np.zeros((n, p))
-    Xp[:, :p_real] = X
-    # Columns of Z_rest: term t, level b, column j -> offset_t + b * k_t + j.
-    offsets = np.cumsum([0] + [k * m for k, m in zip(ks[1:], ms[1:])])
-    rest_cols = [off + t.codes[:, None] * t.Z.shape[1] + np.arange(t.Z.shape[1])
-                 for t, off in zip(terms[1:], offsets[:-1])]
-    if rest_cols:
-        cols = np.concatenate(rest_cols, axis=1)              # (n, sum k_t)
-        zvals = np.concatenate([t.Z for t in terms[1:]], axis=1)
-    else:
-        cols = np.zeros((n, 0), dtype=np.int64)
-        zvals = np.zeros((n, 0))
-    return Structure(k=ks, m=ms, p=p), Xp, cols, zvals
+def to_device(A: PLSArrays) -> PLSArrays:
+    """``A`` with its leaves as device arrays (float64, int32 indices)."""
+    # Cast in NumPy and transfer with device_put: jnp.asarray compiles a small XLA
+    # program per shape or dtype change, tens of milliseconds in a fresh process.
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)), A)
 
 
 def build_arrays(terms, X: np.ndarray, y: np.ndarray, pad: bool = True, weights=None,
                  offset=None) -> PLSArrays:
-    """Precompute the blocks of [Z X y]'[Z X y] for :func:`objective`.
-
-    ``terms``: sequence with ``codes`` (n,), ``Z`` (n, k) and ``nlevels``, in lme4
-    order.  ``pad`` rounds level counts and p up to buckets (zero blocks factor
-    to identity and leave the criterion unchanged) so similar designs share
-    compiled code.  ``weights`` (prior weights) and ``offset`` are optional, one
-    value per row.
-    """
-    p_real = X.shape[1]
-    n = len(y)
-    terms, X, y = _weighted(terms, X, y, weights, offset)
-    structure, Xp, cols, zvals = _layout(terms, X, pad)
-    m0, qr, p = structure.m[0], structure.q_rest, structure.p
-
-    t0 = terms[0]
-    z0 = t0.Z
-    d1 = _group_sum(t0.codes, z0[:, :, None] * z0[:, None, :], m0)
-    b1x = _group_sum(t0.codes, z0[:, :, None] * Xp[:, None, :], m0)
-    b1y = _group_sum(t0.codes, z0 * y[:, None], m0)
-
-    # Entries of Z0' Z_rest: key (level of term 0, rest column).
-    ent_a, ent_c, ent_v = _entries(t0.codes, z0, cols, zvals, qr)
-    counts = np.bincount(ent_a, minlength=1) if len(ent_a) else np.zeros(1, np.int64)
-    counts = counts.astype(np.int64)
-    if int(np.sum(counts * (counts + 1) // 2)) > PAIR_LIMIT:
-        structure = dataclasses.replace(structure, dense_w=True)
-        pair_i = pair_j = np.zeros(0, np.int64)
-        if pad:
-            ent_a, ent_c, ent_v, _, _ = _pad_entries(ent_a, ent_c, ent_v, pair_i, pair_j)
-        pair_i = pair_j = np.zeros(0, np.int64)
-    else:
-        pair_i, pair_j = _pairs(ent_a)
-        if pad:
-            ent_a, ent_c, ent_v, pair_i, pair_j = _pad_entries(ent_a, ent_c, ent_v, pair_i,
-                                                               pair_j)
-
-    rzz = np.zeros((qr, qr))
-    if qr:
-        flat_key = cols[:, :, None] * qr + cols[:, None, :]
-        prod = zvals[:, :, None] * zvals[:, None, :]
-        np.add.at(rzz.reshape(-1), flat_key.reshape(-1), prod.reshape(-1))
-    rzx = np.zeros((qr, p))
-    rzy = np.zeros(qr)
-    for j in range(cols.shape[1]):
-        rzx += _group_sum(cols[:, j], zvals[:, j:j + 1] * Xp, qr)
-        rzy += _group_sum(cols[:, j], zvals[:, j] * y, qr)
-    xtx = Xp.T @ Xp
-    # Padded X columns get a unit diagonal: they factor to 1 and add nothing.
-    xtx[np.arange(p_real, p), np.arange(p_real, p)] = 1.0
-    ldw = 0.0 if weights is None else float(np.sum(np.log(weights)))
-
-    # Cast in NumPy and transfer with device_put: jnp.asarray compiles a small XLA
-    # program per shape or dtype change, tens of milliseconds in a fresh process.
-    as_f = lambda a: jax.device_put(np.asarray(a, dtype=np.float64))
-    as_i = lambda a: jax.device_put(np.asarray(a, dtype=np.int32))
-    return PLSArrays(
-        structure,
-        d1=as_f(d1), b1x=as_f(b1x), b1y=as_f(b1y),
-        ent_a=as_i(ent_a), ent_c=as_i(ent_c), ent_v=as_f(ent_v),
-        pair_i=as_i(pair_i), pair_j=as_i(pair_j),
-        rzz=as_f(rzz), rzx=as_f(rzx), rzy=as_f(rzy),
-        xtx=as_f(xtx), xty=as_f(Xp.T @ y), yty=as_f(y @ y),
-        n=as_f(n), p=as_f(p_real), ldw=as_f(ldw),
-    )
+    """:func:`mixedjax.layout.build_arrays` (the blocks of [Z X y]'[Z X y] for
+    :func:`objective`), on the device."""
+    return to_device(_layout_np.build_arrays(terms, X, y, pad=pad, weights=weights,
+                                             offset=offset))
 
 
 class ResponseMap(NamedTuple):
@@ -315,64 +116,9 @@ def with_response(A: PLSArrays, R: ResponseMap, y) -> PLSArrays:
     return A.replace(b1y=b1y, rzy=rzy, xty=R.X.T @ yw, yty=yw @ yw)
 
 
-def _entries(codes0, z0, cols, zvals, qr):
-    """Non-zero entries of Z0' Z_rest as (level a, column c, k0-vector)."""
-    n, k0 = z0.shape
-    if cols.shape[1] == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, k0))
-    a = np.repeat(codes0, cols.shape[1])
-    c = cols.reshape(-1)
-    v = (z0[:, None, :] * zvals[:, :, None]).reshape(-1, k0)
-    key = a * qr + c
-    uniq, inv = np.unique(key, return_inverse=True)
-    vals = _group_sum(inv.reshape(-1), v, len(uniq))
-    return uniq // qr, uniq % qr, vals
-
-
-def _pairs(ent_a):
-    """All unordered pairs (i, j), i <= j, of entries with ent_a[i] == ent_a[j],
-    grouped by level (the symmetric Schur update needs each product once)."""
-    if len(ent_a) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.r_[True, ent_a[1:] != ent_a[:-1]])
-    counts = np.diff(np.r_[starts, len(ent_a)])
-    sizes = counts * (counts + 1) // 2
-    grp = np.repeat(np.arange(len(counts)), sizes)
-    w = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    # w enumerates the lower triangle row by row: row r holds w in [r(r+1)/2, (r+1)(r+2)/2).
-    r = np.floor((np.sqrt(8.0 * w + 1.0) - 1.0) / 2.0).astype(np.int64)
-    r += (r + 1) * (r + 2) // 2 <= w
-    r -= r * (r + 1) // 2 > w
-    c = w - r * (r + 1) // 2
-    return starts[grp] + c, starts[grp] + r
-
-
-def _pad_entries(ent_a, ent_c, ent_v, pair_i, pair_j):
-    """Pad entry and pair lists to bucket sizes; padding points at a zero entry."""
-    E, P = len(ent_a), len(pair_i)
-    Ep, Pp = bucket(E + 1), bucket(max(P, 1))
-    k0 = ent_v.shape[1]
-    a = np.zeros(Ep, np.int64); a[:E] = ent_a
-    c = np.zeros(Ep, np.int64); c[:E] = ent_c
-    v = np.zeros((Ep, k0)); v[:E] = ent_v
-    pi = np.full(Pp, E, np.int64); pi[:P] = pair_i
-    pj = np.full(Pp, E, np.int64); pj[:P] = pair_j
-    return a, c, v, pi, pj
-
-
 # ----------------------------------------------------------------------------------
 # theta <-> Lambda
 # ----------------------------------------------------------------------------------
-def _tril_indices(k: int):
-    """Row/column indices of the lower triangle in column-major order (lme4's theta)."""
-    rows, cols = [], []
-    for j in range(k):
-        for i in range(j, k):
-            rows.append(i)
-            cols.append(j)
-    return np.array(rows), np.array(cols)
-
-
 def theta_to_lambdas(theta, structure: Structure):
     """theta -> list of k x k lower-triangular relative covariance factors."""
     out = []
@@ -380,43 +126,6 @@ def theta_to_lambdas(theta, structure: Structure):
         r, c = _tril_indices(k)
         out.append(jnp.zeros((k, k), theta.dtype).at[r, c].set(theta[sl]))
     return out
-
-
-def initial_theta(structure: Structure) -> np.ndarray:
-    """lme4's starting value: identity factors (diagonal 1, off-diagonal 0)."""
-    parts = []
-    for k in structure.k:
-        r, c = _tril_indices(k)
-        parts.append((r == c).astype(np.float64))
-    return np.concatenate(parts)
-
-
-def lower_bounds(structure: Structure) -> np.ndarray:
-    """lme4's bounds: 0 for diagonal elements of Lambda, -inf otherwise."""
-    parts = []
-    for k in structure.k:
-        r, c = _tril_indices(k)
-        parts.append(np.where(r == c, 0.0, -np.inf))
-    return np.concatenate(parts)
-
-
-def rectify_theta(theta: np.ndarray, structure: Structure) -> np.ndarray:
-    """Flip the sign of each Lambda column with a negative diagonal element.
-
-    The criterion depends on Lambda only through Lambda Lambda', which is unchanged,
-    so theta can be optimized unconstrained and mapped to lme4's convention after.
-    """
-    theta = np.array(theta, dtype=np.float64, copy=True)
-    for k, sl in zip(structure.k, structure.theta_slices):
-        r, c = _tril_indices(k)
-        block = theta[sl]
-        for j in range(k):
-            col = c == j
-            diag = np.flatnonzero(col & (r == j))[0]
-            if block[diag] < 0:
-                block[col] = -block[col]
-        theta[sl] = block
-    return theta
 
 
 # ----------------------------------------------------------------------------------
@@ -496,22 +205,6 @@ def _scale_rest(M, lams, structure: Structure, side: str):
 # ----------------------------------------------------------------------------------
 # Factorization and criterion
 # ----------------------------------------------------------------------------------
-class Factor(NamedTuple):
-    """Blocked Cholesky factor of M(theta), first part, and the rest's Schur complement.
-
-    L = [[L11, 0], [W', Lr]]: L11 (m0, k0, k0) is the block-diagonal factor of the
-    first term; W, the first term's rows of the off-diagonal part, is kept as
-    per-entry vectors ``w_ent`` (E, k0) for Z_rest columns and ``w_xy``
-    (m0, k0, p + 1) for the X and y columns; ``S`` is the Schur complement of the
-    first block in M (rest = Z_rest, X, y), with Lr = chol(S).
-    """
-
-    L11: jax.Array
-    w_ent: jax.Array
-    w_xy: jax.Array
-    S: jax.Array
-
-
 def dense_w(w_ent, A: PLSArrays):
     """The first term's rows of the off-diagonal factor as a dense (m0 k0, q_rest) matrix."""
     s = A.structure
@@ -658,21 +351,6 @@ def _criterion(logdet_z, logdet_x, pwrss, A: PLSArrays, reml: bool):
     # determinant contributes -sum(log w) (lme4's ldW).
     value = logdet_z + dof * (1.0 + jnp.log(2.0 * math.pi * pwrss / dof)) - A.ldw
     return value + logdet_x if reml else value
-
-
-class Solution(NamedTuple):
-    """Conditional estimates at theta: beta, spherical u, sigma and factor pieces."""
-
-    beta: jax.Array        # (p,)
-    u0: jax.Array          # (m0, k0) spherical random effects of the first term
-    u_rest: jax.Array      # (q_rest,)
-    sigma: jax.Array
-    pwrss: jax.Array
-    logdet_z: jax.Array
-    logdet_x: jax.Array
-    objective: jax.Array
-    factor: Factor
-    Lr: jax.Array          # chol(S), the dense factor of the rest
 
 
 def solve(theta, A: PLSArrays, reml: bool = True) -> Solution:

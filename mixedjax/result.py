@@ -11,13 +11,11 @@ import functools
 import math
 from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import patsy
 
-from . import pls
+from . import layout
 from .analytic import lambdas_np
 
 if TYPE_CHECKING:
@@ -119,7 +117,7 @@ class LMMResult:
     @property
     def singular(self) -> bool:
         """True when a variance or a covariance factor is (numerically) singular."""
-        lower = pls.lower_bounds(self.model.structure)
+        lower = layout.lower_bounds(self.model.structure)
         diag = np.isfinite(lower)
         return bool(np.any(np.abs(self.theta[diag]) < SINGULAR_TOL))
 
@@ -458,8 +456,12 @@ def _terms_in_re_form(re_form, terms) -> list[bool]:
 # With the blocked factor [[L11, 0], [W_Z', L_ZZ]] and P = (L_ZZ L_ZZ')^-1 these are
 #   first term, level a:  L11_a^-T (I + W_a P W_a') L11_a^-1
 #   later terms:          the diagonal blocks of P.
-@functools.partial(jax.jit, static_argnums=())
-def _condvar_blocks_jit(A: pls.PLSArrays, theta):
+def _condvar_blocks_traced(A, theta):
+    import jax
+    import jax.numpy as jnp
+
+    from . import pls
+
     s = A.structure
     F = pls.factor(theta, A)
     qr = s.q_rest
@@ -498,5 +500,12 @@ def _condvar_blocks_jit(A: pls.PLSArrays, theta):
     return blocks
 
 
+@functools.cache
+def _condvar_blocks_jit():
+    import jax
+    return jax.jit(_condvar_blocks_traced)
+
+
 def _condvar_blocks(A, theta):
-    return _condvar_blocks_jit(A, jnp.asarray(theta))
+    import jax
+    return _condvar_blocks_jit()(A, jax.device_put(np.asarray(theta, np.float64)))

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import mixedjax
-from mixedjax import blocked, pls
+from mixedjax import blocked, layout, pls
 from mixedjax import model as model_mod
 from conftest import _load_json
 
@@ -41,13 +41,13 @@ CASES = [
 def _model(case, reml=True, dense=False):
     formula, data, weights = case
     data = mixedjax.datasets.load(data) if isinstance(data, str) else _crossed(data)
-    old = pls.PAIR_LIMIT
+    old = layout.PAIR_LIMIT
     if dense:
-        pls.PAIR_LIMIT = 0          # the dense-coupling path of MovieLens-sized data
+        layout.PAIR_LIMIT = 0          # the dense-coupling path of MovieLens-sized data
     try:
         return mixedjax.LMM.from_formula(formula, data, reml=reml, weights=weights)
     finally:
-        pls.PAIR_LIMIT = old
+        layout.PAIR_LIMIT = old
 
 
 def _autodiff(m, reml):

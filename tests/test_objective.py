@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import mixedjax
-from mixedjax import pls
+from mixedjax import layout, pls
 from mixedjax.model import fit_arrays
 
 from conftest import CASES, EXTRA, case_data
@@ -229,7 +229,7 @@ def test_dense_schur_update_equals_pair_lists(kind, monkeypatch):
     gradient and conditional variances."""
     design = _random_design(np.random.default_rng(5), kind)
     A_pairs = pls.build_arrays(design.terms, design.X, design.y)
-    monkeypatch.setattr(pls, "PAIR_LIMIT", 0)
+    monkeypatch.setattr(layout, "PAIR_LIMIT", 0)
     A_dense = pls.build_arrays(design.terms, design.X, design.y)
     assert A_dense.structure.dense_w and not A_pairs.structure.dense_w
     theta = np.random.default_rng(6).normal(size=A_pairs.structure.ntheta)
