@@ -230,13 +230,17 @@ def _r_column_order(info, fixed: str) -> np.ndarray:
 def _independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     """Keep-mask of columns not linearly dependent on earlier ones.
 
-    Sequential Householder QR: a column whose residual after projecting on the
-    kept columns has a norm below ``tol`` times its own norm is aliased (the
-    rule R's pivoted QR applies, dropping later columns first).
+    Sequential Gram-Schmidt (two passes): a column whose residual after
+    projecting on the kept columns has a norm below ``tol`` times its own norm is
+    aliased (the rule R's pivoted QR applies, dropping later columns first).  It
+    runs on R of a Householder QR of X rather than on X's n rows: R'R = X'X, so
+    the norms and projections are the same, and only one LAPACK call sees n.
     """
     n, p = X.shape
+    if n > p:
+        X = np.linalg.qr(X, mode="r")
     keep = np.zeros(p, dtype=bool)
-    Q = np.zeros((n, 0))
+    Q = np.zeros((X.shape[0], 0))
     for j in range(p):
         col = X[:, j]
         norm = np.linalg.norm(col)
