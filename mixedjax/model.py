@@ -201,10 +201,18 @@ class LMM:
         """lme4's starting value: identity relative covariance factors."""
         return layout.initial_theta(self.structure)
 
+    def start_theta(self) -> np.ndarray:
+        """Where :meth:`fit` starts by default: a moment estimate when every term is
+        scalar (:func:`mixedjax.start.moment_start`), else :meth:`initial_theta`."""
+        from .start import moment_start
+        theta = moment_start(self.arrays_np)
+        return self.initial_theta() if theta is None else theta
+
     # -- fitting -------------------------------------------------------------------
     def fit(self, theta0=None, max_iter: int = 200, optimizer: str = "auto"):
         """Minimize the criterion and return an :class:`~mixedjax.result.LMMResult`.
 
+        ``theta0``: the starting theta (default :meth:`start_theta`).
         ``optimizer``: "newton" (exact Hessian each iteration: closed forms in
         NumPy where :mod:`mixedjax.analytic` applies, else the compiled autodiff
         loop), "bfgs" (exact gradients in NumPy, :mod:`mixedjax.blocked`; cheaper per
@@ -215,7 +223,9 @@ class LMM:
 
         eager = self._eager_arrays()
         optimizer = choose_optimizer(self.structure, optimizer, closed_form=eager is not None)
-        theta0 = self.initial_theta() if theta0 is None else np.asarray(theta0, np.float64)
+        if theta0 is None:
+            theta0 = self.start_theta()
+        theta0 = np.asarray(theta0, np.float64)
         if theta0.shape != (self.ntheta,):
             raise ValueError(f"theta0 must have {self.ntheta} entries, got {theta0.shape}")
         t0 = time.perf_counter()

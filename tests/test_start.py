@@ -1,0 +1,79 @@
+"""The moment-estimate starting theta (mixedjax.start)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixedjax
+from mixedjax.start import moment_start
+
+
+@pytest.mark.parametrize("name, formula", [
+    ("Dyestuff", "Yield ~ 1 + (1|Batch)"),
+    ("Penicillin", "diameter ~ 1 + (1|plate) + (1|sample)"),
+    ("Pastes", "strength ~ 1 + (1|batch/cask)"),
+])
+def test_balanced_designs_start_at_the_reml_estimate(name, formula):
+    """With balanced data and positive estimates, the ANOVA estimates are the REML
+    estimates (Searle, Casella & McCulloch, ch. 4), so the fit starts at its optimum."""
+    m = mixedjax.LMM.from_formula(formula, mixedjax.datasets.load(name))
+    start = m.start_theta()
+    fit = m.fit()
+    np.testing.assert_allclose(start, fit.theta, rtol=1e-6)
+    np.testing.assert_allclose(fit.optinfo["theta0"], start)
+    assert fit.optinfo["fun_evals"] <= 5
+
+
+def _crossed(seed, n=3000, ng=300, nh=120, sd=(0.8, 0.5), weights=False):
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, ng, n)
+    h = (rng.pareto(1.5, n) * 10).astype(int) % nh            # skewed counts
+    x = rng.standard_normal(n)
+    y = (1.0 + 0.3 * x + sd[0] * rng.standard_normal(ng)[g] + sd[1] * rng.standard_normal(nh)[h]
+         + rng.standard_normal(n))
+    data = pd.DataFrame({"y": y, "x": x, "g": g.astype(str), "h": h.astype(str)})
+    if weights:
+        data["w"] = rng.uniform(0.5, 2.0, n)
+    return data
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("weights", [False, True])
+def test_unbalanced_crossed_start_is_near_the_optimum(reml, weights):
+    data = _crossed(3, weights=weights)
+    m = mixedjax.LMM.from_formula("y ~ x + (1|g) + (1|h)", data, reml=reml,
+                                  weights="w" if weights else None)
+    start = m.start_theta()
+    fit = m.fit()
+    from_one = m.fit(theta0=m.initial_theta())
+    assert fit.converged and from_one.converged
+    assert fit.objective == pytest.approx(from_one.objective, rel=1e-12)
+    np.testing.assert_allclose(fit.theta, from_one.theta, rtol=1e-5)
+    # Within 25% of the optimum on the theta scale, and cheaper than lme4's start.
+    np.testing.assert_allclose(start, fit.theta, rtol=0.25)
+    assert fit.optinfo["fun_evals"] < from_one.optinfo["fun_evals"]
+
+
+@pytest.mark.parametrize("optimizer", ["auto", "bfgs"])
+def test_variance_at_zero_starts_at_the_floor_and_reaches_the_boundary(optimizer):
+    rng = np.random.default_rng(7)
+    n = 400
+    g = rng.integers(0, 30, n)
+    h = rng.integers(0, 12, n)
+    y = rng.standard_normal(30)[g] + rng.standard_normal(n)        # no h effect
+    data = pd.DataFrame({"y": y, "g": g.astype(str), "h": h.astype(str)})
+    m = mixedjax.LMM.from_formula("y ~ 1 + (1 | g) + (1 | h)", data)
+    start = m.start_theta()
+    assert start[1] == pytest.approx(0.05)                        # the floor
+    fit = m.fit(optimizer=optimizer)
+    ref = m.fit(theta0=m.initial_theta(), optimizer=optimizer)
+    assert fit.converged and fit.singular
+    assert fit.objective == pytest.approx(ref.objective, rel=1e-10)
+    assert abs(fit.theta[1]) < 1e-4
+
+
+def test_vector_valued_terms_start_at_lme4s_value():
+    m = mixedjax.LMM.from_formula("Reaction ~ Days + (Days | Subject)",
+                                  mixedjax.datasets.load("sleepstudy"))
+    assert moment_start(m.arrays_np) is None
+    np.testing.assert_array_equal(m.start_theta(), m.initial_theta())
