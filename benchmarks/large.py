@@ -1,6 +1,7 @@
 """Large crossed designs: InstEval- and MovieLens-shaped fits, against lme4 when installed.
 
     python benchmarks/large.py [--models insteval_1,insteval_2,movielens] [--no-r]
+                               [--optimizer newton]   # the compiled JAX fit (GPU table)
 
 The data come from ``benchmarks/data.py`` (deterministic seeds) and are written once
 to CSV files in a temporary folder, so mixedjax and R read identical data.  Each
@@ -44,7 +45,7 @@ PY_FIT = r"""
 import json, resource, sys, time
 t_start = time.perf_counter()
 import pandas as pd
-path, formula, factors = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+path, formula, factors, optimizer = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
 t_read = time.perf_counter()
 df = pd.read_csv(path)
 for col in factors:
@@ -53,16 +54,18 @@ read = time.perf_counter() - t_read
 import mixedjax
 t_first = time.perf_counter()
 model = mixedjax.LMM.from_formula(formula, df)
-m = model.fit()
+m = model.fit(optimizer=optimizer)
 first = time.perf_counter() - t_first
 fresh = time.perf_counter() - t_start - read
 t0 = time.perf_counter()
-m2 = model.fit()
+m2 = model.fit(optimizer=optimizer)
 warm = time.perf_counter() - t0
 q = sum(len(t.levels) * t.k for t in model.design.terms)
 print(json.dumps({"fresh": fresh, "first": first, "warm": warm, "objective": m.objective, "n": m.nobs, "q": q,
                   "iterations": m.optinfo["iterations"], "optimizer": m.optinfo["optimizer"],
-                  "converged": m.converged,
+                  "converged": m.converged, "jax_imported": "jax" in sys.modules,
+                  "device": (__import__("jax").devices()[0].platform if "jax" in sys.modules
+                             else "cpu (NumPy/SciPy)"),
                   "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
@@ -86,9 +89,10 @@ def write_data(name: str, folder: Path) -> Path:
     return path
 
 
-def run_python(path: Path, formula: str, factors) -> dict:
+def run_python(path: Path, formula: str, factors, optimizer: str = "auto") -> dict:
     env = {**os.environ, "MIXEDJAX_COMPILATION_CACHE": "0"}
-    out = subprocess.run([sys.executable, "-c", PY_FIT, str(path), formula, ",".join(factors)],
+    out = subprocess.run([sys.executable, "-c", PY_FIT, str(path), formula, ",".join(factors),
+                          optimizer],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -109,6 +113,9 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default="insteval_1,insteval_2,movielens")
     ap.add_argument("--no-r", action="store_true", help="skip lme4 even if R is installed")
     ap.add_argument("--data-dir", default=None, help="keep the generated CSVs here")
+    ap.add_argument("--optimizer", default="auto", choices=["auto", "newton", "bfgs"],
+                    help="LMM.fit's optimizer; 'newton' runs the compiled JAX fit on JAX's "
+                         "default device (a GPU where one is installed)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="fresh Python processes per model; the one with the median time is shown")
     args = ap.parse_args(argv)
@@ -120,12 +127,15 @@ def main(argv=None) -> None:
               f"{'objective':>17} {'rel diff':>9}")
     print(header)
     print("-" * len(header))
+    devices = set()
     for name in args.models.split(","):
         data_name, formula = MODELS[name]
         path = write_data(data_name, folder)
-        runs = sorted((run_python(path, formula, FACTORS[data_name])
+        runs = sorted((run_python(path, formula, FACTORS[data_name], args.optimizer)
                        for _ in range(max(args.repeat, 1))), key=lambda d: d["fresh"])
         py = runs[len(runs) // 2]
+        devices.add(f"{py['device']} (optimizer {args.optimizer}: {py['optimizer']}, "
+                    f"JAX imported: {py['jax_imported']})")
         r = None if args.no_r else run_r(path, formula, FACTORS[data_name])
         r_time = f"{r['seconds']:7.2f}" if r else f"{'-':>7}"
         ratio = f"{r['seconds'] / py['fresh']:11.1f}" if r else f"{'-':>11}"
@@ -136,6 +146,8 @@ def main(argv=None) -> None:
               f"{py['warm']:7.2f} {py['iterations']:>4} {py['peak_gib']:8.2f} {r_time} {ratio} "
               f"{ratio_first} {py['objective']:17.6f} {diff}", flush=True)
     print("\nmodels: " + "; ".join(f"{k}: {v[1]}" for k, v in MODELS.items()))
+    if devices:
+        print("mixedjax ran on: " + "; ".join(sorted(devices)))
 
 
 if __name__ == "__main__":
