@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from . import analytic, lanes, layout, pls
 from .model import rectify
 from .optimize import backtrack
+from .optimize_np import _direction_eig
 
 __all__ = ["chol", "tri_inv", "jacobi_eigh", "objective", "value_grad_hess", "FitSummary",
            "fit_one", "newton"]
@@ -302,18 +303,8 @@ class _State(NamedTuple):
 
 def _direction(g, H, max_step):
     evals, evecs = jacobi_eigh(H)
-    scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)
-    mod = jnp.maximum(jnp.abs(evals), 1e-10 * scale)
-    gv = evecs.T @ g
-    step = -evecs @ (gv / mod)
-    neg = evals[0] < -1e-8 * scale
-    v = evecs[:, 0]
-    v = jnp.where(gv[0] > 0, -v, v)
-    saddle = neg & (jnp.linalg.norm(step) < 1e-6)
-    step = jnp.where(saddle, v * jnp.minimum(max_step, 1.0), step)
-    norm = jnp.linalg.norm(step)
-    step = jnp.where(norm > max_step, step * (max_step / norm), step)
-    return step, jnp.sum(gv * gv / mod), evals[0], scale
+    step, decrement = _direction_eig(g, evals, evecs, max_step, jnp)
+    return step, decrement, evals[0], jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)
 
 
 def newton(fun, x0, args, max_iter, gtol: float = 1e-6, xtol: float = 1e-10,

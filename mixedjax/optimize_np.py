@@ -38,7 +38,11 @@ class NewtonResult(NamedTuple):
 def _direction(g, H, max_step, xp=np):
     """Newton step from the eigenvalue-modified Hessian, and the Newton decrement.
     ``xp``: jax.numpy (traced) or numpy (eager)."""
-    evals, evecs = xp.linalg.eigh(H)
+    return _direction_eig(g, *xp.linalg.eigh(H), max_step, xp)
+
+
+def _direction_eig(g, evals, evecs, max_step, xp=np):
+    """:func:`_direction` from H's eigendecomposition (ascending eigenvalues)."""
     scale = xp.maximum(xp.max(xp.abs(evals)), 1.0)
     mod = xp.maximum(xp.abs(evals), 1e-10 * scale)
     gv = evecs.T @ g

@@ -49,6 +49,16 @@ def case_data(name: str, factors, na_rows=None) -> pd.DataFrame:
     return df
 
 
+def no_h_effect_data(seed: int, n: int = 400) -> pd.DataFrame:
+    """y with a g effect (30 levels) and none of h (12 levels), crossed: the h
+    variance is estimated at or near zero."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 30, n)
+    h = rng.integers(0, 12, n)
+    y = rng.standard_normal(30)[g] + rng.standard_normal(n)
+    return pd.DataFrame({"y": y, "g": g.astype(str), "h": h.astype(str)})
+
+
 def reference_fit(ref: dict):
     """Fit the model a reference entry describes (formula, data, REML flag, factors)."""
     df = case_data(ref["data"], ref["factors"], ref.get("na_rows"))

@@ -12,7 +12,7 @@ import pytest
 import mixedjax
 from mixedjax import blocked, layout, pls
 from mixedjax import model as model_mod
-from conftest import _load_json
+from conftest import _load_json, no_h_effect_data
 
 
 def _crossed(seed, n=300, ng=25, nh=9):
@@ -127,13 +127,7 @@ def test_large_design_is_unpadded_and_fits_eagerly():
 def test_singular_fit_leaves_the_log_scale():
     """A variance estimated at zero: the log-scale phase hands over to theta itself
     and the fit converges to the boundary as the compiled Newton fit does."""
-    rng = np.random.default_rng(5)
-    n = 400
-    g = rng.integers(0, 30, n)
-    h = rng.integers(0, 12, n)
-    y = rng.standard_normal(30)[g] + rng.standard_normal(n)        # no h effect
-    data = pd.DataFrame({"y": y, "g": g.astype(str), "h": h.astype(str)})
-    m = mixedjax.LMM.from_formula("y ~ 1 + (1 | g) + (1 | h)", data)
+    m = mixedjax.LMM.from_formula("y ~ 1 + (1 | g) + (1 | h)", no_h_effect_data(5))
     fit = m.fit(optimizer="bfgs")
     ref = model_mod._fit_jit(jnp.asarray(m.initial_theta()), m.arrays, reml=True, max_iter=200,
                              optimizer="newton")

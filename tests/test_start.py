@@ -6,6 +6,7 @@ import pytest
 
 import mixedjax
 from mixedjax.start import moment_start
+from conftest import no_h_effect_data
 
 
 @pytest.mark.parametrize("name, formula", [
@@ -56,13 +57,7 @@ def test_unbalanced_crossed_start_is_near_the_optimum(reml, weights):
 
 @pytest.mark.parametrize("optimizer", ["auto", "bfgs"])
 def test_variance_at_zero_starts_at_the_floor_and_reaches_the_boundary(optimizer):
-    rng = np.random.default_rng(7)
-    n = 400
-    g = rng.integers(0, 30, n)
-    h = rng.integers(0, 12, n)
-    y = rng.standard_normal(30)[g] + rng.standard_normal(n)        # no h effect
-    data = pd.DataFrame({"y": y, "g": g.astype(str), "h": h.astype(str)})
-    m = mixedjax.LMM.from_formula("y ~ 1 + (1 | g) + (1 | h)", data)
+    m = mixedjax.LMM.from_formula("y ~ 1 + (1 | g) + (1 | h)", no_h_effect_data(7))
     start = m.start_theta()
     assert start[1] == pytest.approx(0.05)                        # the floor
     fit = m.fit(optimizer=optimizer)
