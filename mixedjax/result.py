@@ -25,7 +25,9 @@ __all__ = ["LMMResult"]
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta's diagonal elements
 
-_STATUS = {0: "gradient is exactly zero", 1: "step below tolerance",
+# Newton ends with status 0 at a zero gradient, BFGS also once Newton's decrement
+# with the difference Hessian is below tolerance.
+_STATUS = {0: "gradient test met", 1: "step below tolerance",
            2: "line search cannot decrease the objective further (round-off level)",
            3: "iteration limit reached"}
 
