@@ -169,22 +169,7 @@ def _leading_inverses_jvp(sizes, primals, tangents):
     return invs, tuple(-B @ dS[:k, :k] @ B for B, k in zip(invs, sizes))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def leading_logdets(S, sizes):
-    """log det S[:s, :s] for each s in ``sizes`` (0 gives 0), from one factor."""
-    L = chol(S)
-    cum = jnp.concatenate([jnp.zeros(1, S.dtype), 2.0 * jnp.cumsum(jnp.log(jnp.diagonal(L)))])
-    return cum[jnp.array(sizes)]
-
-
-@leading_logdets.defjvp
-def _leading_logdets_jvp(sizes, primals, tangents):
-    (S,), (dS,) = primals, tangents
-    out = leading_logdets(S, sizes)
-    nonzero = tuple(k for k in sizes if k)
-    invs = dict(zip(nonzero, _leading_inverses(S, nonzero)))
-    dout = [jnp.sum(invs[k] * dS[:k, :k]) if k else jnp.zeros((), S.dtype) for k in sizes]
-    return out, jnp.stack(dout)
+leading_logdets = pls.make_leading_logdets(chol, _leading_inverses)
 
 
 # ----------------------------------------------------------------------------------

@@ -301,23 +301,33 @@ def leading_inverses(S, sizes: tuple[int, ...]):
     return tuple(out)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def leading_logdets(S, sizes: tuple[int, ...]):
-    """log det S[:s, :s] for each s in ``sizes`` (0 gives 0), from one Cholesky."""
-    L = jnp.linalg.cholesky(S)
-    cum = jnp.concatenate([jnp.zeros(1, S.dtype),
-                           2.0 * jnp.cumsum(jnp.log(jnp.diagonal(L)))])
-    return cum[jnp.array(sizes)]
+def make_leading_logdets(cholesky, inverses):
+    """``leading_logdets(S, sizes)``: log det S[:s, :s] for each s in ``sizes`` (0
+    gives 0) from one factor ``cholesky(S)``, differentiated by
+    d log|B| = tr(B^-1 dB) with the blocks' inverses from ``inverses(S, sizes)``, so
+    no derivative passes through the factorization itself.  (:mod:`mixedjax.batchfit`
+    builds its LAPACK-free twin from the same rule.)"""
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+    def leading_logdets(S, sizes: tuple[int, ...]):
+        L = cholesky(S)
+        cum = jnp.concatenate([jnp.zeros(1, S.dtype),
+                               2.0 * jnp.cumsum(jnp.log(jnp.diagonal(L)))])
+        return cum[jnp.array(sizes)]
+
+    @leading_logdets.defjvp
+    def _jvp(sizes, primals, tangents):
+        (S,), (dS,) = primals, tangents
+        out = leading_logdets(S, sizes)
+        nonzero = tuple(k for k in sizes if k)
+        invs = dict(zip(nonzero, inverses(S, nonzero)))
+        dout = [jnp.sum(invs[k] * dS[:k, :k]) if k else jnp.zeros((), S.dtype) for k in sizes]
+        return out, jnp.stack(dout)
+
+    return leading_logdets
 
 
-@leading_logdets.defjvp
-def _leading_logdets_jvp(sizes, primals, tangents):
-    (S,), (dS,) = primals, tangents
-    out = leading_logdets(S, sizes)
-    nonzero = tuple(k for k in sizes if k)
-    invs = dict(zip(nonzero, leading_inverses(S, nonzero)))
-    dout = [jnp.sum(invs[k] * dS[:k, :k]) if k else jnp.zeros((), S.dtype) for k in sizes]
-    return out, jnp.stack(dout)
+leading_logdets = make_leading_logdets(jnp.linalg.cholesky, leading_inverses)
 
 
 def _log_diag(L):
