@@ -291,7 +291,7 @@ def _tril_indices(k: int):
         for i in range(j, k):
             rows.append(i)
             cols.append(j)
-    return np.array(rows), np.array(cols)
+    return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
 
 
 def initial_theta(structure: Structure) -> np.ndarray:

@@ -42,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import linalg as la
+# Lower-triangle indices in column-major order: the same theta order as the LMM side.
+from ..layout import _tril_indices as tril_indices
 from .corstruct import correlation, symm_from_angles
 from .varfunc import StructSpec, sd_multiplier
 
@@ -99,16 +101,6 @@ class Solution(NamedTuple):
     loglik: jax.Array
     vinv_resid: jax.Array   # (G, m) V~_i^-1 (y_i - X_i beta)
     sd: jax.Array           # (G, m) variance-function multipliers
-
-
-def tril_indices(k: int):
-    """Lower-triangle (row, col) indices in column-major order (lme4's theta order)."""
-    rows, cols = [], []
-    for j in range(k):
-        for i in range(j, k):
-            rows.append(i)
-            cols.append(j)
-    return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
 
 
 def _split(x, layout: Layout):
