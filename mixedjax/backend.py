@@ -1,0 +1,178 @@
+"""How the one criterion runs: the array operations it needs, for NumPy and for JAX.
+
+:mod:`mixedjax.factor` and :mod:`mixedjax.criterion` are written once against a
+small namespace ``be``: ``be.xp`` is ``numpy`` or ``jax.numpy`` (the array API
+both implement), and the methods below cover what that API lacks or what each
+library does best:
+
+* ``segment_sum``: sums of rows by integer label (``numpy.bincount`` /
+  ``jax.ops.segment_sum``);
+* ``chol`` and ``tri_inv``: Cholesky factors and inverses of triangular factors,
+  batched over leading axes.  Blocks of up to :data:`UNROLL` columns are factored
+  by an unrolled loop of elementwise operations in both libraries: NumPy's
+  per-call overhead dominates at that size, and in JAX these fuse into a few
+  loops under ``vmap`` and never call batched LAPACK (which can hang jaxlib's CPU
+  thread pool when several batched calls run at once).  Larger blocks use
+  LAPACK: SciPy's in NumPy (NumPy and SciPy bundle separate OpenBLAS thread
+  pools, and waking NumPy's between SciPy's LAPACK calls halves their speed),
+  ``jax.numpy.linalg`` in JAX.
+
+:data:`NUMPY` is the eager backend (no JAX import); :func:`jax_backend` the traced
+one.  A matrix that is not positive definite gives NaN factors in both (callers
+of the NumPy backend silence the floating-point warnings that come with them).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+__all__ = ["Backend", "NUMPY", "jax_backend", "UNROLL"]
+
+UNROLL = 6  # blocks up to this size are factored by unrolled elementwise code
+
+
+def _chol_unrolled(A, xp):
+    """Cholesky factor of a batch (..., k, k) of SPD matrices, entry by entry
+    (reads the lower triangle; NaN where a pivot is not positive)."""
+    k = A.shape[-1]
+    L = [[None] * k for _ in range(k)]
+    for j in range(k):
+        s = A[..., j, j]
+        for t in range(j):
+            s = s - L[j][t] * L[j][t]
+        d = xp.sqrt(xp.where(s > 0, s, xp.nan))
+        L[j][j] = d
+        for i in range(j + 1, k):
+            s = A[..., i, j]
+            for t in range(j):
+                s = s - L[i][t] * L[j][t]
+            L[i][j] = s / d
+    return _assemble(L, A, xp)
+
+
+def _assemble(T, like, xp):
+    """A batch of lower-triangular matrices from their entries (lists of arrays)."""
+    k = len(T)
+    if k == 0:
+        return xp.zeros(like.shape, like.dtype)
+    if xp is np:
+        out = np.zeros(like.shape)
+        for i in range(k):
+            for j in range(i + 1):
+                out[..., i, j] = T[i][j]
+        return out
+    zero = xp.zeros_like(like[..., 0, 0])
+    return xp.stack([xp.stack([T[i][j] if j <= i else zero for j in range(k)], axis=-1)
+                     for i in range(k)], axis=-2)
+
+
+def _tri_inv_unrolled(L, xp):
+    """Inverse of a batch (..., k, k) of lower-triangular matrices, entry by entry."""
+    k = L.shape[-1]
+    X = [[None] * k for _ in range(k)]
+    for j in range(k):
+        X[j][j] = 1.0 / L[..., j, j]
+        for i in range(j + 1, k):
+            s = L[..., i, j] * X[j][j]
+            for t in range(j + 1, i):
+                s = s + L[..., i, t] * X[t][j]
+            X[i][j] = -s / L[..., i, i]
+    return _assemble(X, L, xp)
+
+
+class Backend:
+    """The operations of one array library (see the module docstring)."""
+
+    name = "abstract"
+    xp = None
+
+    def segment_sum(self, values, ids, num: int):
+        raise NotImplementedError
+
+    def chol(self, A):
+        raise NotImplementedError
+
+    def tri_inv(self, L):
+        raise NotImplementedError
+
+    def symmetrize_lower(self, A):
+        """The symmetric matrix whose lower triangle is that of A (batched)."""
+        xp = self.xp
+        k = A.shape[-1]
+        low = np.tril(np.ones((k, k), bool))
+        return xp.where(low, A, xp.swapaxes(A, -1, -2))
+
+
+class _NumpyBackend(Backend):
+    name = "numpy"
+    xp = np
+
+    def segment_sum(self, values, ids, num: int):
+        values = np.asarray(values)
+        if values.ndim == 1:
+            return np.bincount(ids, values, minlength=num)[:num]
+        flat = values.reshape(len(values), -1)
+        out = np.empty((num, flat.shape[1]))
+        for j in range(flat.shape[1]):
+            out[:, j] = np.bincount(ids, flat[:, j], minlength=num)[:num]
+        return out.reshape((num,) + values.shape[1:])
+
+    def chol(self, A):
+        k = A.shape[-1]
+        if k <= UNROLL:
+            return _chol_unrolled(A, np)
+        if A.ndim == 2:
+            import scipy.linalg
+            L, info = scipy.linalg.lapack.dpotrf(A, lower=1, clean=1)
+            return L if info == 0 else np.full_like(A, np.nan)
+        try:
+            return np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return np.full_like(A, np.nan)
+
+    def tri_inv(self, L):
+        k = L.shape[-1]
+        if k <= UNROLL:
+            return _tri_inv_unrolled(L, np)
+        if L.ndim == 2:
+            import scipy.linalg
+            Li, info = scipy.linalg.lapack.dtrtri(L, lower=1)
+            return Li if info == 0 else np.full_like(L, np.nan)
+        eye = np.broadcast_to(np.eye(k), L.shape)
+        return np.linalg.solve(L, eye)
+
+
+class _JaxBackend(Backend):
+    name = "jax"
+
+    def __init__(self):
+        import jax
+        import jax.numpy as jnp
+        self.jax = jax
+        self.xp = jnp
+
+    def segment_sum(self, values, ids, num: int):
+        return self.jax.ops.segment_sum(values, ids, num_segments=num)
+
+    def chol(self, A):
+        if A.shape[-1] <= UNROLL:
+            return _chol_unrolled(A, self.xp)
+        return self.xp.linalg.cholesky(A)
+
+    def tri_inv(self, L):
+        k = L.shape[-1]
+        if k <= UNROLL:
+            return _tri_inv_unrolled(L, self.xp)
+        eye = self.xp.broadcast_to(self.xp.eye(k, dtype=L.dtype), L.shape)
+        return self.jax.scipy.linalg.solve_triangular(L, eye, lower=True)
+
+
+NUMPY = _NumpyBackend()
+
+
+@functools.cache
+def jax_backend() -> Backend:
+    """The JAX backend (imports JAX on first use)."""
+    return _JaxBackend()

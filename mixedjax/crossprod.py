@@ -1,0 +1,353 @@
+"""The cross-products [Z X y]'[Z X y], by block of the factor, in a stable basis.
+
+Everything the criterion needs from the n rows is summed here once per design
+(and, for a new response, only its Z'y, X'y and y'y parts, :func:`response_parts`);
+no evaluation of the criterion touches the rows again.
+
+Stable basis.  The profiled criterion is invariant under y -> y - X c, and under
+X -> X T it changes by the constant 2 log|det T| (REML only).  So, with the
+weighted X = Q R (thin QR) and r = y - Q Q'y the least-squares residual, the
+blocks are formed from [Z Q r] instead of [Z X y]: Q'Q = I and Q'r = 0 hold
+exactly, r'r carries no cancellation from a large offset or a high R^2 (with raw
+cross-products y + 1e6 already moves the criterion by 1e-4), and
+
+    criterion(X, y) = criterion(Q, r) + 2 log|det R|   (REML),
+    beta = R^-1 (beta~ + Q'y),   vcov(beta) = R^-1 vcov(beta~) R^-T.
+
+Prior weights scale every row of [Z X y] by sqrt(w) (y less its offset first;
+Bates et al. 2015, JSS 67(1), section 3.2) and add -sum(log w) to the criterion.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .structure import Placement, Structure
+
+__all__ = ["Blocks", "ResponseMap", "build", "response_map", "response_parts",
+           "with_response", "to_device", "register_pytrees", "PAIR_LIMIT"]
+
+# Beyond this many pairs of coupling entries (pairs of later-term columns that
+# share a first-term level) the first term's Schur update is a dense product
+# instead of a sum over pairs (MovieLens-sized data: users with thousands of
+# ratings give ~2e8 pairs).
+PAIR_LIMIT = 50_000_000
+
+
+class Blocks:
+    """The blocks of [Z X y]'[Z X y] in the layout of :mod:`mixedjax.structure`.
+
+    First term (m0 levels, k0 columns): ``d0`` (m0, k0, k0) its diagonal blocks;
+    ``b0`` (m0, k0, n_b) its coupling to the border columns; its coupling to the
+    middle columns as entries ``ent_a`` (level), ``ent_pos`` (flat middle column
+    cluster * s + offset) and ``ent_v`` (E, k0), sorted by level; ``pair_i`` /
+    ``pair_j`` (P,) every pair i <= j of entries of one level.  Middle: ``amm``
+    (n_cl, s, s) its cluster blocks; ``abm`` (n_cl, n_b, s) border x middle.
+    Border: ``abb`` (n_b, n_b).  Scalars: ``n`` and ``p`` (real sizes), ``ldw``
+    (sum of log prior weights), ``logdet_x`` (2 log|det R|, the stable basis's
+    REML constant).  ``rx`` (p, p) R and ``beta0`` (p,) Q'y map beta~ back.
+    The columns are [Z_border Q r] (module docstring).
+    """
+
+    fields = ("d0", "b0", "ent_a", "ent_pos", "ent_v", "pair_i", "pair_j", "amm", "abm",
+              "abb", "n", "p", "ldw", "logdet_x", "rx", "beta0")
+    index_fields = ("ent_a", "ent_pos", "pair_i", "pair_j")
+
+    def __init__(self, structure: Structure, **arrays):
+        self.structure = structure
+        for name in self.fields:
+            setattr(self, name, arrays[name])
+
+    def tree_flatten(self):
+        return tuple(getattr(self, f) for f in self.fields), self.structure
+
+    @classmethod
+    def tree_unflatten(cls, structure, children):
+        return cls(structure, **dict(zip(cls.fields, children)))
+
+    def replace(self, **changes) -> "Blocks":
+        arrays = {f: getattr(self, f) for f in self.fields}
+        arrays.update(changes)
+        return Blocks(self.structure, **arrays)
+
+    def numpy(self) -> "Blocks":
+        return Blocks(self.structure, **{f: np.asarray(getattr(self, f)) for f in self.fields})
+
+
+class ResponseMap:
+    """What maps a response vector to the response parts of :class:`Blocks`.
+
+    ``sqrtw``/``offset`` (n,); ``q`` (n, p) the orthonormal basis of the weighted
+    X; ``codes0`` (n,) and ``z0`` (n, k0) the first term; ``mid_pos`` / ``mid_z``
+    (n, K) each row's middle columns (flat cluster * s + offset) and values;
+    ``bor_pos`` / ``bor_z`` (n, Kb) its border-term columns and values, rows
+    already scaled by sqrt(w).  A pytree once JAX is loaded.
+    """
+
+    fields = ("sqrtw", "offset", "q", "codes0", "z0", "mid_pos", "mid_z", "bor_pos", "bor_z")
+
+    def __init__(self, structure: Structure, **arrays):
+        self.structure = structure
+        for name in self.fields:
+            setattr(self, name, arrays[name])
+
+    def tree_flatten(self):
+        return tuple(getattr(self, f) for f in self.fields), self.structure
+
+    @classmethod
+    def tree_unflatten(cls, structure, children):
+        return cls(structure, **dict(zip(cls.fields, children)))
+
+
+@functools.cache
+def register_pytrees() -> None:
+    """Register :class:`Blocks` and :class:`ResponseMap` as JAX pytrees (their
+    structure is static data), at the first use of JAX."""
+    import jax
+    jax.tree_util.register_pytree_node_class(Blocks)
+    jax.tree_util.register_pytree_node_class(ResponseMap)
+
+
+def to_device(tree):
+    """``tree`` (blocks, a response map, or a tuple of them) on JAX's default device.
+
+    Cast in NumPy and transferred with ``device_put``: ``jnp.asarray`` compiles a
+    small program per shape and dtype, tens of milliseconds in a fresh process.
+    """
+    import jax
+    register_pytrees()
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)), tree)
+
+
+# ----------------------------------------------------------------------------------
+# Row layout
+# ----------------------------------------------------------------------------------
+def _row_columns(terms, s: Structure, place: Placement, sw: np.ndarray):
+    """Each row's middle and border-term columns and (weighted) values."""
+    n = len(sw)
+    mid_pos, mid_z = [], []
+    for t, start, _, k in s.middle_segments:
+        term = terms[t]
+        base = place.cluster[t][term.codes] * s.s + start + place.slot[t][term.codes] * k
+        mid_pos.append(base[:, None] + np.arange(k))
+        mid_z.append(term.Z * sw[:, None])
+    bor_pos, bor_z = [], []
+    for t, start, _, k in s.border_segments:
+        term = terms[t]
+        bor_pos.append(start + term.codes[:, None] * k + np.arange(k))
+        bor_z.append(term.Z * sw[:, None])
+
+    def join(parts, dtype):
+        return np.concatenate(parts, axis=1).astype(dtype) if parts else np.zeros((n, 0), dtype)
+
+    return (join(mid_pos, np.int64), join(mid_z, np.float64),
+            join(bor_pos, np.int64), join(bor_z, np.float64))
+
+
+def response_map(terms, X: np.ndarray, structure: Structure, placement: Placement,
+                 weights=None, offset=None, stable: bool = True):
+    """The :class:`ResponseMap` of a design, and R (the stable basis's triangle)."""
+    n, p = X.shape
+    sw = np.ones(n) if weights is None else np.sqrt(np.asarray(weights, np.float64))
+    off = np.zeros(n) if offset is None else np.asarray(offset, np.float64)
+    Xw = X * sw[:, None]
+    if p and stable:
+        q, r = np.linalg.qr(Xw)
+        # A positive diagonal makes R unique (and log|det R| a sum of logs).
+        sign = np.where(np.diagonal(r) < 0, -1.0, 1.0)
+        q, r = q * sign, r * sign[:, None]
+    else:
+        q, r = Xw, np.eye(p)
+    p_pad = structure.p
+    if p_pad > p:
+        q = np.concatenate([q, np.zeros((n, p_pad - p))], axis=1)
+    mid_pos, mid_z, bor_pos, bor_z = _row_columns(terms, structure, placement, sw)
+    R = ResponseMap(structure, sqrtw=sw, offset=off, q=q,
+                    codes0=np.asarray(terms[0].codes, np.int64), z0=terms[0].Z * sw[:, None],
+                    mid_pos=mid_pos, mid_z=mid_z, bor_pos=bor_pos, bor_z=bor_z)
+    return R, r
+
+
+def _project(q, y, xp, stable: bool):
+    """(Q'y, y - Q Q'y), with one step of refinement (twice is enough; Parlett)."""
+    if q.shape[1] == 0:
+        return xp.zeros(0, dtype=y.dtype), y
+    c = q.T @ y
+    r = y - q @ c
+    if stable:
+        c2 = q.T @ r
+        r = r - q @ c2
+        c = c + c2
+    return c, r
+
+
+def response_parts(R: ResponseMap, y, be, stable: bool = True) -> dict:
+    """The response parts of :class:`Blocks` for response ``y``: the last column of
+    ``b0`` and of ``abm``, the last row of ``abb``, and ``beta0``.
+
+    O(n) and written once for both backends, so ``jax.vmap`` over responses maps a
+    matrix of simulated responses to a batch of blocks.
+    """
+    xp = be.xp
+    s = R.structure
+    yw = (y - R.offset) * R.sqrtw
+    c, r = _project(R.q, yw, xp, stable)
+    b0y = be.segment_sum(R.z0 * r[:, None], R.codes0, s.m[0])                 # (m0, k0)
+    if s.n_cl:
+        flat = be.segment_sum((R.mid_z * r[:, None]).reshape(-1), R.mid_pos.reshape(-1),
+                              s.n_cl * s.s)
+        aby = flat.reshape(s.n_cl, s.s)
+    else:
+        aby = xp.zeros((0, 0), dtype=r.dtype)
+    zy = be.segment_sum((R.bor_z * r[:, None]).reshape(-1), R.bor_pos.reshape(-1), s.q_border)
+    # Q'r = 0 exactly in the stable basis; with raw X it is X'y.
+    xy = xp.zeros(s.p, dtype=r.dtype) if stable else R.q.T @ r
+    row = xp.concatenate([zy, xy, xp.reshape(r @ r, (1,))])
+    return {"b0y": b0y, "aby": aby, "row": row, "beta0": c}
+
+
+def with_response(A: Blocks, R: ResponseMap, y, be, stable: bool = True) -> Blocks:
+    """``A`` with its response parts recomputed for response ``y``."""
+    xp = be.xp
+    parts = response_parts(R, y, be, stable)
+    b0 = xp.concatenate([A.b0[..., :-1], parts["b0y"][..., None]], axis=-1)
+    abm = A.abm
+    if A.structure.n_cl:
+        abm = xp.concatenate([A.abm[:, :-1, :], parts["aby"][:, None, :]], axis=1)
+    row = parts["row"]
+    abb = xp.concatenate([xp.concatenate([A.abb[:-1, :-1], row[:-1, None]], axis=1),
+                          row[None, :]], axis=0)
+    return A.replace(b0=b0, abm=abm, abb=abb, beta0=parts["beta0"])
+
+
+# ----------------------------------------------------------------------------------
+# The design part (NumPy, once per design)
+# ----------------------------------------------------------------------------------
+def _group_sum(codes, values, m):
+    out = np.zeros((m,) + values.shape[1:])
+    np.add.at(out, codes, values)
+    return out
+
+
+def _entries(codes0, z0, mid_pos, mid_z, width):
+    """Non-zero entries of Z0'Z_middle as (level, middle column, k0-vector),
+    sorted by level then column."""
+    k0 = z0.shape[1]
+    K = mid_pos.shape[1]
+    if K == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, k0))
+    key = (np.repeat(codes0, K) * width + mid_pos.reshape(-1))
+    vals = (mid_z[:, :, None] * z0[:, None, :]).reshape(-1, k0)
+    uniq, inv = np.unique(key, return_inverse=True)
+    v = np.zeros((len(uniq), k0))
+    np.add.at(v, inv.reshape(-1), vals)
+    return uniq // width, uniq % width, v
+
+
+def _pairs(ent_a):
+    """All pairs (i, j), i <= j, of entries of one level, grouped by level."""
+    if len(ent_a) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, ent_a[1:] != ent_a[:-1]])
+    counts = np.diff(np.r_[starts, len(ent_a)])
+    sizes = counts * (counts + 1) // 2
+    grp = np.repeat(np.arange(len(counts)), sizes)
+    w = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    # w enumerates the lower triangle row by row: row r holds w in [r(r+1)/2, (r+1)(r+2)/2).
+    r = np.floor((np.sqrt(8.0 * w + 1.0) - 1.0) / 2.0).astype(np.int64)
+    r += (r + 1) * (r + 2) // 2 <= w
+    r -= r * (r + 1) // 2 > w
+    c = w - r * (r + 1) // 2
+    return starts[grp] + c, starts[grp] + r
+
+
+def _pair_count(ent_a) -> int:
+    counts = np.bincount(ent_a).astype(np.int64) if len(ent_a) else np.zeros(1, np.int64)
+    return int(np.sum(counts * (counts + 1) // 2))
+
+
+def build(terms, X: np.ndarray, y: np.ndarray, structure: Structure, placement: Placement,
+          weights=None, offset=None, stable: bool = True) -> tuple[Blocks, ResponseMap]:
+    """The :class:`Blocks` of a design (and its :class:`ResponseMap`).
+
+    ``terms``: sequence with ``codes`` (n,), ``Z`` (n, k) and ``nlevels`` in lme4's
+    order; ``structure``/``placement`` from :func:`mixedjax.structure.analyze`;
+    ``weights`` (prior weights) and ``offset`` one value per row or None;
+    ``stable=False`` keeps the raw basis (X itself, y itself).
+    """
+    from .backend import NUMPY
+
+    s = structure
+    p_real = X.shape[1]
+    R, rx = response_map(terms, X, s, placement, weights, offset, stable)
+    n = len(y)
+    m0, k0, nb, qb, p = s.m[0], s.k[0], s.n_b, s.q_border, s.p
+    codes0, z0, q = R.codes0, R.z0, R.q
+
+    # y's parts come from response_parts, shared with batched refits.
+    d0 = _group_sum(codes0, z0[:, :, None] * z0[:, None, :], m0)
+    b0 = np.zeros((m0, k0, nb))
+    if R.bor_pos.shape[1]:
+        # Z0' Z_border: entry (a, i, pos) for each row's border columns.
+        flat = ((codes0[:, None, None] * k0 + np.arange(k0)[None, :, None]) * nb
+                + R.bor_pos[:, None, :])
+        np.add.at(b0.reshape(-1), flat.reshape(-1),
+                  (z0[:, :, None] * R.bor_z[:, None, :]).reshape(-1))
+    b0[:, :, qb:qb + p] = _group_sum(codes0, z0[:, :, None] * q[:, None, :], m0)
+
+    width = max(s.n_cl * s.s, 1)
+    ent_a, ent_pos, ent_v = _entries(codes0, z0, R.mid_pos, R.mid_z, width)
+    dense = False
+    if _pair_count(ent_a) > PAIR_LIMIT and s.n_cl == 1:
+        dense = True
+        pair_i = pair_j = np.zeros(0, np.int64)
+    else:
+        pair_i, pair_j = _pairs(ent_a)
+
+    amm = np.zeros((s.n_cl, s.s, s.s))
+    abm = np.zeros((s.n_cl, nb, s.s))
+    if s.n_cl:
+        cl = R.mid_pos // s.s
+        col = R.mid_pos % s.s
+        # Pairs of one row's middle columns (same cluster by construction).
+        flat = (cl[:, :, None] * s.s + col[:, :, None]) * s.s + col[:, None, :]
+        np.add.at(amm.reshape(-1), flat.reshape(-1),
+                  (R.mid_z[:, :, None] * R.mid_z[:, None, :]).reshape(-1))
+        if R.bor_pos.shape[1]:
+            flat = (cl[:, :, None] * nb + R.bor_pos[:, None, :]) * s.s + col[:, :, None]
+            np.add.at(abm.reshape(-1), flat.reshape(-1),
+                      (R.mid_z[:, :, None] * R.bor_z[:, None, :]).reshape(-1))
+        for j in range(p):
+            flat = (cl * nb + qb + j) * s.s + col
+            np.add.at(abm.reshape(-1), flat.reshape(-1), (R.mid_z * q[:, j:j + 1]).reshape(-1))
+
+    abb = np.zeros((nb, nb))
+    if qb:
+        Kb = R.bor_pos.shape[1]
+        flat = R.bor_pos[:, :, None] * nb + R.bor_pos[:, None, :]
+        np.add.at(abb.reshape(-1), flat.reshape(-1),
+                  (R.bor_z[:, :, None] * R.bor_z[:, None, :]).reshape(-1))
+        zq = np.zeros((qb, p))
+        for j in range(Kb):
+            np.add.at(zq, R.bor_pos[:, j], R.bor_z[:, j:j + 1] * q)
+        abb[:qb, qb:qb + p] = zq
+        abb[qb:qb + p, :qb] = zq.T
+    abb[qb:qb + p, qb:qb + p] = np.eye(p) if stable else q.T @ q
+
+    y = np.asarray(y, np.float64)
+    A = Blocks(s, d0=d0, b0=b0, ent_a=ent_a, ent_pos=ent_pos, ent_v=ent_v,
+               pair_i=pair_i, pair_j=pair_j, amm=amm, abm=abm, abb=abb,
+               n=np.float64(n), p=np.float64(p_real),
+               ldw=np.float64(0.0 if weights is None else np.sum(np.log(weights))),
+               logdet_x=np.float64(2.0 * np.sum(np.log(np.abs(np.diagonal(rx))))
+                                   if (stable and p_real) else 0.0),
+               rx=rx, beta0=np.zeros(p))
+    A = with_response(A, R, y, NUMPY, stable)
+    if dense:
+        import dataclasses
+        s2 = dataclasses.replace(s, dense_coupling=True)
+        A = Blocks(s2, **{f: getattr(A, f) for f in Blocks.fields})
+        R.structure = s2
+    return A, R

@@ -1,0 +1,358 @@
+"""The one blocked Cholesky factorization of M(theta), its selected inverse, and the solve.
+
+Notation of Bates et al. (2015, JSS 67(1), section 3) and of
+:mod:`mixedjax.structure` (blocks first / middle / border).  Per level a of the
+first term, with lambda0 its relative covariance factor and D_a = Z_a'Z_a,
+
+    M_a = lambda0' D_a lambda0 + I,   P_a = M_a^-1,   K_a = lambda0 P_a lambda0'.
+
+Eliminating the first term leaves the Schur complement of the other columns,
+
+    S = Lambda_e' T Lambda_e + J,   T = R0 - sum_a B_a' K_a B_a,
+
+where R0 is [Z_middle, Z_border, X, y]'[...], B_a = Z_a'[...] the first term's
+coupling (sparse in the middle columns), Lambda_e = blockdiag(Lambda_middle,
+Lambda_border, I_{p+1}) and J the identity on the random-effects columns.  S has
+the typed blocks [[S_mm, .], [S_bm, S_bb]] with S_mm block diagonal over clusters,
+so its factor is
+
+    L_mm,c = chol(S_mm,c),   L_bm,c = S_bm,c L_mm,c^-T,
+    L_bb = chol(S_bb - sum_c L_bm,c L_bm,c').
+
+The first term's pairs of coupling entries give the middle part of B'KB (a segment
+sum over pairs, never a dense product); only where those pairs are too many (one
+large cluster) is the coupling kept as a dense matrix (:class:`mixedjax.crossprod.Blocks`).
+
+Every log-determinant of the criterion is a weighted sum of log L_ii^2 over the
+rows of the whole factor (first: log|M_a|; middle and border: 2 log of L's
+diagonal), with row weights w (module :mod:`mixedjax.criterion`).  Its derivative
+is tr(G dM) with
+
+    G = L^-T diag(w) L^-1,
+
+needed only on the pattern of the factor (a selected inverse; Takahashi et al.
+1973, Erisman & Tinney 1975).  With V = L_bb^-1, W_b = diag(w_border) and
+Y_c = L_bm,c L_mm,c^-1:
+
+    G_bb = V' W_b V,   G_bm,c = -G_bb Y_c,   G_mm,c = w_m L_mm,c^-T L_mm,c^-1 + Y_c' G_bb Y_c.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .crossprod import Blocks
+from .structure import Structure, lambdas
+
+__all__ = ["Factor", "Inverse", "factorize", "log_diagonals", "inverse", "scale_cols",
+           "scale_rows", "tilde", "solve", "Solution"]
+
+
+class Factor(NamedTuple):
+    """The factor at theta, with the pieces its derivatives reuse.
+
+    ``lams`` each term's lambda; ``L0``/``P``/``K`` (m0, k0, k0) per first-term
+    level; ``logdet0`` sum_a log|M_a|; ``T*`` the unscaled Schur complement's blocks
+    (T_mm symmetric); ``Lmm`` (n_cl, s, s), ``Lmm_inv`` its inverse, ``Lbm``
+    (n_cl, n_b, s), ``Lbb`` (n_b, n_b).
+    """
+
+    lams: tuple
+    L0: object
+    P: object
+    K: object
+    logdet0: object
+    Tmm: object
+    Tbm: object
+    Tbb: object
+    Lmm: object
+    Lmm_inv: object
+    Lbm: object
+    Lbb: object
+
+
+# ----------------------------------------------------------------------------------
+# Lambda scaling over the typed blocks
+# ----------------------------------------------------------------------------------
+def scale_cols(M, lams, segments, xp):
+    """M Lambda on M's last axis: each segment (term, start, levels, k) of columns is
+    multiplied by its term's lambda level by level; other columns are unchanged."""
+    if not segments:
+        return M
+    pieces, cursor = [], 0
+    for t, start, nlev, k in segments:
+        if start > cursor:
+            pieces.append(M[..., cursor:start])
+        blk = M[..., start:start + nlev * k]
+        if k == 1:
+            pieces.append(blk * lams[t][0, 0])
+        else:
+            shp = blk.shape[:-1]
+            pieces.append((blk.reshape(shp + (nlev, k)) @ lams[t]).reshape(shp + (nlev * k,)))
+        cursor = start + nlev * k
+    if cursor < M.shape[-1]:
+        pieces.append(M[..., cursor:])
+    return xp.concatenate(pieces, axis=-1)
+
+
+def scale_rows(M, lams, segments, xp):
+    """Lambda' M on M's second-last axis (see :func:`scale_cols`)."""
+    return xp.swapaxes(scale_cols(xp.swapaxes(M, -1, -2), lams, segments, xp), -1, -2)
+
+
+def _transposed(lams):
+    return tuple(lam.T for lam in lams)
+
+
+# ----------------------------------------------------------------------------------
+# The factorization
+# ----------------------------------------------------------------------------------
+def _first_term(lam0, d0, be):
+    xp = be.xp
+    k0 = lam0.shape[0]
+    M = xp.swapaxes(lam0, 0, 1) @ d0 @ lam0 + xp.eye(k0, dtype=d0.dtype)
+    L0 = be.chol(M)
+    Li = be.tri_inv(L0)
+    P = xp.swapaxes(Li, -1, -2) @ Li
+    logdet0 = 2.0 * xp.sum(xp.log(xp.diagonal(L0, 0, -2, -1)))
+    K = lam0 @ P @ xp.swapaxes(lam0, 0, 1)
+    return L0, P, K, logdet0
+
+
+def _pair_flat(A: Blocks):
+    """Flat index (cluster, row, col) in the (n_cl, s, s) middle block of each pair
+    (i <= j, same level; entries sorted so column_i <= column_j: lower triangle)."""
+    s = A.structure.s
+    pi, pj = A.pair_i, A.pair_j
+    ci, cj = A.ent_pos[pi], A.ent_pos[pj]
+    return (cj // s) * (s * s) + (cj % s) * s + (ci % s)
+
+
+def coupling_dense(A: Blocks, be):
+    """The first term's coupling to the middle as a dense (m0, k0, s) array (one
+    cluster)."""
+    xp = be.xp
+    s = A.structure
+    V = be.segment_sum(A.ent_v, A.ent_a * s.s + A.ent_pos, s.m[0] * s.s)   # (m0 s, k0)
+    return xp.swapaxes(V.reshape(s.m[0], s.s, s.k[0]), 1, 2)
+
+
+def _schur(F0, A: Blocks, be, ops):
+    """The unscaled Schur complement T = R0 - sum_a B_a' K_a B_a by blocks."""
+    xp = be.xp
+    s = A.structure
+    _, _, K, _ = F0
+    Kb = K @ A.b0                                                      # (m0, k0, n_b)
+    Tbb = A.abb - xp.einsum("akp,akq->pq", A.b0, Kb)
+    if not s.n_cl:
+        return None, None, Tbb
+    # Border x middle: entry e adds (K_a b0_a)' v_e to column pos_e.
+    w = xp.einsum("ekp,ek->ep", Kb[A.ent_a], A.ent_v)                   # (E, n_b)
+    tbm = be.segment_sum(w, A.ent_pos, s.n_cl * s.s)                   # (n_cl s, n_b)
+    Tbm = A.abm - xp.swapaxes(tbm.reshape(s.n_cl, s.s, s.n_b), 1, 2)
+    if s.dense_coupling:
+        Tmm = A.amm - ops.dense_update(K, A)
+    else:
+        Tmm = A.amm - ops.pair_update(K, A)
+    return Tmm, Tbm, Tbb
+
+
+def factorize(theta, A: Blocks, be, ops=None) -> Factor:
+    """The blocked Cholesky factor of M(theta) (module docstring)."""
+    xp = be.xp
+    s = A.structure
+    ops = ops or default_ops(be)
+    lams = tuple(lambdas(theta, s, xp))
+    F0 = _first_term(lams[0], A.d0, be)
+    Tmm, Tbm, Tbb = _schur(F0, A, be, ops)
+    bseg = s.border_segments
+    Sbb = scale_rows(scale_cols(Tbb, lams, bseg, xp), lams, bseg, xp)
+    if s.q_border:
+        Sbb = Sbb + xp.diag(xp.concatenate([xp.ones(s.q_border, Sbb.dtype),
+                                            xp.zeros(s.p + 1, Sbb.dtype)]))
+    if s.n_cl:
+        mseg = s.middle_segments
+        Smm = scale_rows(scale_cols(Tmm, lams, mseg, xp), lams, mseg, xp)
+        Smm = Smm + xp.eye(s.s, dtype=Smm.dtype)
+        Sbm = scale_rows(scale_cols(Tbm, lams, mseg, xp), lams, bseg, xp)
+        if s.n_cl == 1:
+            Lmm = be.chol(Smm[0])[None]
+            Lmm_inv = be.tri_inv(Lmm[0])[None]
+        else:
+            Lmm = be.chol(Smm)
+            Lmm_inv = be.tri_inv(Lmm)
+        Lbm = Sbm @ xp.swapaxes(Lmm_inv, -1, -2)
+        Sbb = Sbb - xp.einsum("cbs,cds->bd", Lbm, Lbm)
+    else:
+        Lmm = Lmm_inv = Lbm = None
+    Lbb = be.chol(Sbb)
+    L0, P, K, logdet0 = F0
+    return Factor(lams=lams, L0=L0, P=P, K=K, logdet0=logdet0, Tmm=Tmm, Tbm=Tbm, Tbb=Tbb,
+                  Lmm=Lmm, Lmm_inv=Lmm_inv, Lbm=Lbm, Lbb=Lbb)
+
+
+def log_diagonals(F: Factor, be):
+    """(sum_a log|M_a|, sum over the middle of log L_ii^2, log L_ii^2 of the border)."""
+    xp = be.xp
+    mid = (2.0 * xp.sum(xp.log(xp.diagonal(F.Lmm, 0, -2, -1)))
+           if F.Lmm is not None else xp.zeros((), F.Lbb.dtype))
+    return F.logdet0, mid, 2.0 * xp.log(xp.diagonal(F.Lbb))
+
+
+# ----------------------------------------------------------------------------------
+# Selected inverse
+# ----------------------------------------------------------------------------------
+class Inverse(NamedTuple):
+    """G = L^-T diag(w) L^-1 on the factor's pattern: ``Gmm`` (n_cl, s, s), ``Gbm``
+    (n_cl, n_b, s), ``Gbb`` (n_b, n_b) (the first term's blocks follow from these,
+    :func:`mixedjax.criterion.first_term_q`)."""
+
+    Gmm: object
+    Gbm: object
+    Gbb: object
+
+
+def inverse(F: Factor, w_mid, w_border, be) -> Inverse:
+    """The selected inverse G of the module docstring for middle-row weight ``w_mid``
+    (a scalar) and border-row weights ``w_border`` (n_b,)."""
+    xp = be.xp
+    V = be.tri_inv(F.Lbb)
+    Gbb = xp.swapaxes(V, 0, 1) @ (w_border[:, None] * V)
+    if F.Lmm is None:
+        return Inverse(None, None, Gbb)
+    Y = F.Lbm @ F.Lmm_inv                                              # (n_cl, n_b, s)
+    Gbm = -Gbb @ Y
+    Gmm = (w_mid * (xp.swapaxes(F.Lmm_inv, -1, -2) @ F.Lmm_inv)
+           + xp.swapaxes(Y, -1, -2) @ (Gbb @ Y))
+    return Inverse(Gmm, Gbm, Gbb)
+
+
+def tilde(G: Inverse, F: Factor, s: Structure, xp) -> Inverse:
+    """G~ = Lambda_e G Lambda_e' (G in the unscaled coordinates of T)."""
+    lt = _transposed(F.lams)
+    mseg, bseg = s.middle_segments, s.border_segments
+    Gbb = scale_rows(scale_cols(G.Gbb, lt, bseg, xp), lt, bseg, xp)
+    if G.Gmm is None:
+        return Inverse(None, None, Gbb)
+    Gmm = scale_rows(scale_cols(G.Gmm, lt, mseg, xp), lt, mseg, xp)
+    Gbm = scale_rows(scale_cols(G.Gbm, lt, mseg, xp), lt, bseg, xp)
+    return Inverse(Gmm, Gbm, Gbb)
+
+
+# ----------------------------------------------------------------------------------
+# Coupling operations (pairs or dense), per backend
+# ----------------------------------------------------------------------------------
+class PairOps:
+    """The first term's middle-middle Schur update and its adjoint, as sums over the
+    pairs of coupling entries (JAX and NumPy; :mod:`mixedjax.criterion` may replace
+    it with a precomputed sparse operator for NumPy)."""
+
+    def __init__(self, be):
+        self.be = be
+
+    def pair_update(self, K, A: Blocks):
+        """sum_a V_a' K_a V_a on the middle block (lower triangle, then mirrored)."""
+        be, xp = self.be, self.be.xp
+        s = A.structure
+        vi, vj = A.ent_v[A.pair_i], A.ent_v[A.pair_j]
+        vals = xp.einsum("pk,pkl,pl->p", vi, K[A.ent_a[A.pair_i]], vj)
+        low = be.segment_sum(vals, _pair_flat(A), s.n_cl * s.s * s.s)
+        low = low.reshape(s.n_cl, s.s, s.s)
+        return low + xp.swapaxes(low, -1, -2) * (1.0 - xp.eye(s.s, dtype=low.dtype))
+
+    def pair_adjoint(self, Gt_mm, A: Blocks):
+        """sum over one level's pairs of v_i v_j' G~[c_i, c_j] (both orders): the
+        middle part of Q_a = B_a G~ B_a' (m0, k0, k0)."""
+        be, xp = self.be, self.be.xp
+        s = A.structure
+        g = Gt_mm.reshape(-1)[_pair_flat(A)]
+        vi, vj = A.ent_v[A.pair_i], A.ent_v[A.pair_j]
+        outer = vi[:, :, None] * vj[:, None, :]
+        both = outer + xp.where((A.pair_i != A.pair_j)[:, None, None],
+                                xp.swapaxes(outer, 1, 2), 0.0)
+        return be.segment_sum(both * g[:, None, None], A.ent_a[A.pair_i], s.m[0])
+
+    def dense_update(self, K, A: Blocks):
+        xp = self.be.xp
+        V = coupling_dense(A, self.be)                                 # (m0, k0, s)
+        return xp.einsum("aks,akl,alt->st", V, K, V)[None]
+
+    def dense_adjoint(self, Gt_mm, A: Blocks):
+        xp = self.be.xp
+        V = coupling_dense(A, self.be)
+        return xp.einsum("aks,st,alt->akl", V, Gt_mm[0], V)
+
+
+def default_ops(be):
+    return PairOps(be)
+
+
+# ----------------------------------------------------------------------------------
+# The solve
+# ----------------------------------------------------------------------------------
+class Solution(NamedTuple):
+    """Conditional estimates at theta (Bates et al. 2015, eqs. 16-18): ``beta`` in the
+    original basis; spherical random effects ``u0`` (m0, k0), ``u_mid`` (n_cl, s),
+    ``u_border`` (q_border,); ``pwrss``; ``rxx`` the X block of the factor (for
+    vcov in the stable basis)."""
+
+    beta: object
+    u0: object
+    u_mid: object
+    u_border: object
+    pwrss: object
+    rxx: object
+
+
+def solve(F: Factor, A: Blocks, be, ops=None) -> Solution:
+    """Back-substitution for [u; beta~] = L_A^-T c (c the y row of L), block by
+    block, then beta = R^-1 (beta~ + Q'y)."""
+    xp = be.xp
+    s = A.structure
+    qb, p = s.q_border, s.p
+    Lb = F.Lbb
+    Vb = be.tri_inv(Lb[:-1, :-1])
+    xb = xp.swapaxes(Vb, 0, 1) @ Lb[-1, :-1]                            # border unknowns
+    u_border, beta_t = xb[:qb], xb[qb:]
+    lams = F.lams
+    # B_a Lambda_e x over the border (dense) and, below, the middle entries.
+    xfull = xp.concatenate([scale_cols(xb[None, :], _transposed(lams), s.border_segments,
+                                       xp)[0], -xp.ones(1, xb.dtype)])  # y column: -1
+    r0 = A.b0 @ xfull                                                  # (m0, k0): B x - b_y
+    if s.n_cl:
+        cm = F.Lbm[:, -1, :]                                           # y row of L_bm
+        rhs = cm - xp.einsum("cbs,b->cs", F.Lbm[:, :-1, :], xb)
+        u_mid = (xp.swapaxes(F.Lmm_inv, -1, -2) @ rhs[..., None])[..., 0]
+        bm = scale_cols(u_mid, _transposed(lams), s.middle_segments, xp).reshape(-1)
+        r0 = r0 + be.segment_sum(A.ent_v * bm[A.ent_pos][:, None], A.ent_a, s.m[0])
+    else:
+        u_mid = None
+    lam0 = lams[0]
+    # u0_a = P_a lambda0' (b_y - B_a Lambda_e x)
+    u0 = -(F.P @ (xp.swapaxes(lam0, 0, 1) @ r0[..., None]))[..., 0]
+    beta = _back(A.rx, beta_t + A.beta0, be)
+    return Solution(beta=beta, u0=u0, u_mid=u_mid, u_border=u_border,
+                    pwrss=Lb[-1, -1] ** 2, rxx=Lb[qb:qb + p, qb:qb + p])
+
+
+def _back(R, x, be):
+    """R^-1 x for the upper-triangular R of the stable basis."""
+    xp = be.xp
+    if R.shape[0] == 0:
+        return x
+    Ri = be.tri_inv(xp.swapaxes(R, 0, 1))                              # (R')^-1, lower
+    return xp.swapaxes(Ri, 0, 1) @ x
+
+
+def back_vcov(R, V, be):
+    """R^-1 V R^-T: the covariance of beta from that of beta~."""
+    xp = be.xp
+    if R.shape[0] == 0:
+        return V
+    Ri = xp.swapaxes(be.tri_inv(xp.swapaxes(R, 0, 1)), 0, 1)           # R^-1
+    return Ri @ V @ xp.swapaxes(Ri, 0, 1)
+
+
+_ = np  # NumPy is the default array library of the eager path

@@ -1,0 +1,350 @@
+"""The model's shape: terms, theta's layout, and the typed blocks of the factor.
+
+Bates et al. (2015, JSS 67(1), section 3) write the profiled criterion in terms of
+the Cholesky factor L of
+
+    M(theta) = Lambda' A Lambda + blockdiag(I_q, 0),    A = [Z X y]'[Z X y],
+
+with Lambda = blockdiag(I_m1 (x) lambda_1, ..., I_mK (x) lambda_K, I_{p+1}).  The
+sparsity of L is fixed by the design, so it is worked out here once, symbolically,
+and every evaluation reuses it.  The columns of M fall into three blocks:
+
+* **first**: the term with the most levels (lme4's first term).  Its diagonal
+  block is block diagonal (one k0 x k0 block per level) and stays so: it is
+  factored as a batch of small Cholesky factors.  Its coupling to the other
+  columns is kept sparse (one k0-vector per non-zero level pair).
+* **middle**: later terms whose levels, once the first term is eliminated, fall
+  into many small groups that never meet ("clusters": the connected components
+  of the graph linking two levels that share a level of the first term).  Their
+  block is block diagonal over clusters, factored as a batch of dense cluster
+  blocks.  Nested terms give one cluster per level of the outer factor (a
+  diagonal block when the term is scalar and nested in the first); crossed terms
+  fill in and form one large cluster, a dense block.
+* **border**: the remaining later terms, then X, then y: a dense block.  A term
+  with few levels crossed with everything (it would join all clusters into one)
+  is cheaper here than in the middle.
+
+Which later terms go to the middle and which to the border is chosen by the
+flop count of the factorization (:func:`choose_blocks`).  The criterion does not
+depend on the order of the random-effects columns (log|L_Z|^2 is invariant under
+a symmetric permutation of the Z part), so this reordering changes nothing but
+the cost; theta, ranef and varcorr keep lme4's term order.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Structure", "Placement", "tril_indices", "initial_theta", "lower_bounds",
+           "rectify_theta", "lambdas", "diagonal_mask", "analyze", "bucket"]
+
+
+# ----------------------------------------------------------------------------------
+# theta's layout (lme4: per term, the lower triangle of lambda, column-major)
+# ----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def tril_indices(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the lower triangle in column-major order (cached:
+    treat as read-only)."""
+    rows = [i for j in range(k) for i in range(j, k)]
+    cols = [j for j in range(k) for _ in range(j, k)]
+    return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
+
+
+def _theta_slices(ks) -> list[slice]:
+    out, start = [], 0
+    for k in ks:
+        size = k * (k + 1) // 2
+        out.append(slice(start, start + size))
+        start += size
+    return out
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Static shape of a model (hashable: part of a compiled function's key).
+
+    ``k``/``m``: columns and (possibly padded) levels of each term, in lme4's term
+    order; ``p``: (possibly padded) fixed effects.  ``middle`` and ``border``: the
+    indices of the later terms in the clustered middle block and in the dense
+    border; ``slots``: level slots of each middle term in a cluster; ``n_cl``:
+    clusters.  ``dense_coupling``: the first term's coupling to the middle is kept
+    as a dense matrix instead of pair lists (too many pairs, one cluster).
+    """
+
+    k: tuple[int, ...]
+    m: tuple[int, ...]
+    p: int
+    middle: tuple[int, ...] = ()
+    border: tuple[int, ...] = ()
+    slots: tuple[int, ...] = ()
+    n_cl: int = 0
+    dense_coupling: bool = False
+
+    @property
+    def ntheta(self) -> int:
+        return sum(k * (k + 1) // 2 for k in self.k)
+
+    @property
+    def theta_slices(self) -> list[slice]:
+        return _theta_slices(self.k)
+
+    @property
+    def s(self) -> int:
+        """Columns of one cluster block."""
+        return sum(n * self.k[t] for t, n in zip(self.middle, self.slots))
+
+    @property
+    def q_border(self) -> int:
+        return sum(self.k[t] * self.m[t] for t in self.border)
+
+    @property
+    def n_b(self) -> int:
+        """Columns of the border block: border terms, X, y."""
+        return self.q_border + self.p + 1
+
+    @property
+    def middle_segments(self) -> list[tuple[int, int, int, int]]:
+        """(term, start, levels, k) of each middle term within a cluster's columns."""
+        out, start = [], 0
+        for t, n in zip(self.middle, self.slots):
+            out.append((t, start, n, self.k[t]))
+            start += n * self.k[t]
+        return out
+
+    @property
+    def border_segments(self) -> list[tuple[int, int, int, int]]:
+        """(term, start, levels, k) of each border term within the border columns."""
+        out, start = [], 0
+        for t in self.border:
+            out.append((t, start, self.m[t], self.k[t]))
+            start += self.m[t] * self.k[t]
+        return out
+
+
+def initial_theta(structure: Structure) -> np.ndarray:
+    """lme4's starting value: identity relative covariance factors."""
+    return np.concatenate([(r == c).astype(np.float64)
+                           for r, c in map(tril_indices, structure.k)])
+
+
+def diagonal_mask(structure: Structure) -> np.ndarray:
+    """True at theta's entries on a diagonal of lambda."""
+    return np.concatenate([r == c for r, c in map(tril_indices, structure.k)])
+
+
+def lower_bounds(structure: Structure) -> np.ndarray:
+    """lme4's bounds: 0 for diagonal elements of lambda, -inf otherwise."""
+    return np.where(diagonal_mask(structure), 0.0, -np.inf)
+
+
+def rectify_theta(theta, structure: Structure, xp=np):
+    """Flip the sign of each lambda column with a negative diagonal element.
+
+    The criterion depends on lambda only through lambda lambda', which is unchanged,
+    so theta is optimized unconstrained and mapped to lme4's convention after
+    (MixedModels.jl's ``rectify!``).  ``xp``: numpy or jax.numpy.
+    """
+    parts = []
+    for k, sl in zip(structure.k, structure.theta_slices):
+        rows, cols = tril_indices(k)
+        block = theta[..., sl]
+        diag_pos = np.array([np.flatnonzero((cols == j) & (rows == j))[0] for j in range(k)])
+        signs = xp.where(block[..., diag_pos] < 0, -1.0, 1.0)
+        parts.append(block * signs[..., cols])
+    return xp.concatenate(parts, axis=-1)
+
+
+def lambdas(theta, structure: Structure, xp=np) -> list:
+    """theta -> the lower-triangular relative covariance factor lambda of each term."""
+    out = []
+    for k, sl in zip(structure.k, structure.theta_slices):
+        if k == 1:
+            out.append(xp.reshape(theta[sl], (1, 1)))
+            continue
+        vals = xp.concatenate([theta[sl], xp.zeros(1, dtype=theta.dtype)])
+        out.append(vals[_tril_positions(k)])          # index -1: the appended zero
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _tril_positions(k: int) -> np.ndarray:
+    """(k, k) index into theta's block of each lambda entry, -1 above the diagonal."""
+    rows, cols = tril_indices(k)
+    pos = np.full((k, k), -1)
+    pos[rows, cols] = np.arange(len(rows))
+    return pos
+
+
+# ----------------------------------------------------------------------------------
+# Symbolic analysis: which later terms go to the middle, and its clusters
+# ----------------------------------------------------------------------------------
+def bucket(size: int) -> int:
+    """Round ``size`` up to 2^j, 1.25 * 2^j, 1.5 * 2^j or 1.75 * 2^j (waste < 25%),
+    so that designs of nearby sizes share compiled code."""
+    if size <= 8:
+        return max(size, 1)
+    base = 1 << (int(size).bit_length() - 1)
+    for mult in (1.0, 1.25, 1.5, 1.75, 2.0):
+        cand = int(base * mult)
+        if cand >= size:
+            return cand
+    return 2 * base
+
+
+class Placement(NamedTuple):
+    """Where each later term's levels sit in the factor (NumPy index arrays).
+
+    For a middle term t, level l has columns ``cluster[t][l] * s + start_t +
+    slot[t][l] * k_t + j`` of the clustered block (``start_t`` from
+    :attr:`Structure.middle_segments`); for a border term, columns ``start_t +
+    l * k_t + j`` of the border.  Entries for other terms are None.
+    """
+
+    cluster: tuple
+    slot: tuple
+
+
+def _clusters(codes0: np.ndarray, m0: int, middle_codes: list[np.ndarray],
+              middle_m: list[int]):
+    """Connected components of the graph on the middle levels in which two levels
+    are joined when they share a level of the first term (every such pair fills
+    in when the first term is eliminated).  Returns per middle term the component
+    of each level, and the number of components."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    offsets = np.cumsum([0] + list(middle_m))
+    nodes = offsets[-1]
+    if nodes == 0:
+        return [], 0
+    rows = np.concatenate([codes0] * len(middle_codes))
+    cols = np.concatenate([c + off for c, off in zip(middle_codes, offsets)])
+    # Bipartite graph first-term level -- middle level; components restricted to
+    # the middle levels.
+    n = m0 + nodes
+    g = coo_matrix((np.ones(len(rows)), (rows, m0 + cols)), shape=(n, n))
+    _, label = connected_components(g, directed=False)
+    mid = label[m0:]
+    used, comp = np.unique(mid, return_inverse=True)
+    return [comp[a:b] for a, b in zip(offsets[:-1], offsets[1:])], len(used)
+
+
+def _slots(comp: np.ndarray, n_cl: int) -> tuple[np.ndarray, int]:
+    """Slot of each level within its cluster (levels in order) and the most slots."""
+    order = np.argsort(comp, kind="stable")
+    counts = np.bincount(comp, minlength=n_cl)
+    starts = np.cumsum(counts) - counts
+    slot = np.empty(len(comp), np.int64)
+    slot[order] = np.arange(len(comp)) - np.repeat(starts, counts)
+    return slot, int(counts.max()) if len(counts) else 0
+
+
+def _cost(ks, ms, n_cl, slots, mid, border, p) -> float:
+    """Flops of one factorization (and of the inverse pieces of the gradient) for
+    a choice of middle and border terms."""
+    s = sum(slots[i] * ks[t] for i, t in enumerate(mid))
+    nb = sum(ks[t] * ms[t] for t in border) + p + 1
+    return n_cl * (s ** 3 + s * s * nb + s * nb * nb) + nb ** 3
+
+
+def choose_blocks(codes: list[np.ndarray], ks: list[int], ms: list[int], p: int,
+                  max_border: int = 2000):
+    """Choose the middle and border terms (module docstring) by flop count.
+
+    ``codes``/``ks``/``ms``: every term's level codes, columns and levels in lme4's
+    order (the first term is first).  Returns (middle, border, clusters, n_cl,
+    slots, slot arrays): every subset of the later terms is tried as border (the
+    number of later terms is small), keeping the cheapest.
+    """
+    later = list(range(1, len(ks)))
+    best = None
+    subsets = itertools.chain.from_iterable(
+        itertools.combinations(later, r) for r in range(len(later) + 1))
+    for border in subsets:
+        if len(later) > 6 and 0 < len(border) < len(later):
+            continue      # many terms: only all-middle or all-border
+        if sum(ks[t] * ms[t] for t in border) > max_border:
+            continue
+        mid = [t for t in later if t not in border]
+        comps, n_cl = _clusters(codes[0], ms[0], [codes[t] for t in mid], [ms[t] for t in mid])
+        slot_arrays, slots = [], []
+        for comp in comps:
+            sl, most = _slots(comp, n_cl)
+            slot_arrays.append(sl)
+            slots.append(most)
+        cost = _cost(ks, ms, n_cl, slots, mid, border, p)
+        if best is None or cost < best[0]:
+            best = (cost, tuple(mid), tuple(border), comps, n_cl, tuple(slots), slot_arrays)
+    if best is None:
+        raise ValueError("the random-effects terms are too large for a dense border block")
+    return best[1:]
+
+
+def analyze(terms, p: int) -> tuple[Structure, Placement]:
+    """The :class:`Structure` and :class:`Placement` of a design.
+
+    ``terms``: sequence with ``codes`` (n,), ``Z`` (n, k) and ``nlevels``, in
+    lme4's order; ``p`` the number of fixed effects.
+    """
+    ks = [t.Z.shape[1] for t in terms]
+    ms = [int(t.nlevels) for t in terms]
+    codes = [np.asarray(t.codes, np.int64) for t in terms]
+    mid, border, comps, n_cl, slots, slot_arrays = choose_blocks(codes, ks, ms, p)
+    cluster = [None] * len(terms)
+    slot = [None] * len(terms)
+    for t, comp, sl in zip(mid, comps, slot_arrays):
+        cluster[t] = comp
+        slot[t] = sl
+    structure = Structure(k=tuple(ks), m=tuple(ms), p=p, middle=mid, border=border,
+                          slots=slots, n_cl=n_cl)
+    return structure, Placement(tuple(cluster), tuple(slot))
+
+
+# ----------------------------------------------------------------------------------
+# From the factor's layout back to terms and levels
+# ----------------------------------------------------------------------------------
+def per_term(first, middle, border, structure: Structure, placement: Placement, xp=np):
+    """Split per-column quantities into one (levels, k) array per term, in lme4's
+    order: ``first`` (m0, k0), ``middle`` (n_cl, s) in cluster layout, ``border``
+    (q_border,) or longer (only its first q_border entries are read)."""
+    s = structure
+    out = [first]
+    for t in range(1, len(s.k)):
+        k, m = s.k[t], s.m[t]
+        if t in s.middle:
+            start = dict((tt, st_) for tt, st_, _, _ in s.middle_segments)[t]
+            cols = (placement.cluster[t] * s.s + start + placement.slot[t] * k)[:, None] \
+                + np.arange(k)
+            out.append(xp.reshape(middle, (-1,))[cols])
+        else:
+            start = dict((tt, st_) for tt, st_, _, _ in s.border_segments)[t]
+            out.append(xp.reshape(border[start:start + m * k], (m, k)))
+    return out
+
+
+def per_term_blocks(first, middle, border, structure: Structure, placement: Placement,
+                    xp=np):
+    """The diagonal (k, k) block of each level of each term, (levels, k, k) per term
+    in lme4's order, from ``first`` (m0, k0, k0), ``middle`` (n_cl, s, s) and
+    ``border`` (n_b, n_b) matrices in the factor's layout."""
+    s = structure
+    out = [first]
+    for t in range(1, len(s.k)):
+        k, m = s.k[t], s.m[t]
+        if t in s.middle:
+            start = dict((tt, st_) for tt, st_, _, _ in s.middle_segments)[t]
+            cl = placement.cluster[t]
+            col = start + placement.slot[t] * k
+            idx = col[:, None] + np.arange(k)
+            out.append(middle[cl[:, None, None], idx[:, :, None], idx[:, None, :]])
+        else:
+            start = dict((tt, st_) for tt, st_, _, _ in s.border_segments)[t]
+            idx = start + np.arange(m)[:, None] * k + np.arange(k)
+            out.append(border[idx[:, :, None], idx[:, None, :]])
+    return out
