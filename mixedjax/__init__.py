@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # Features beyond the core fit load on first use, so ``import mixedjax`` stays fast.
 _LAZY = {
-    "profiled_objective": ("mixedjax.pls", "objective"),
+    "profiled_objective": ("mixedjax.criterion", "objective"),
     "anova": "mixedjax.inference.lrt",
     "pb_test": "mixedjax.simulate",
     "simulate_design": "mixedjax.simulate",

@@ -97,6 +97,17 @@ class Backend:
     def tri_inv(self, L):
         raise NotImplementedError
 
+    def solve_lower(self, L, B, trans: bool = False):
+        """L^-1 B (or L^-T B with ``trans``) for lower-triangular L, batched over
+        leading axes shared by L (..., k, k) and B (..., k, r)."""
+        Li = self.tri_inv(L)
+        return (self.xp.swapaxes(Li, -1, -2) if trans else Li) @ B
+
+    def chol_inverse(self, L):
+        """(L L')^-1 = L^-T L^-1 for a Cholesky factor L (batched)."""
+        Li = self.tri_inv(L)
+        return self.xp.swapaxes(Li, -1, -2) @ Li
+
     def symmetrize_lower(self, A):
         """The symmetric matrix whose lower triangle is that of A (batched)."""
         xp = self.xp
@@ -143,6 +154,22 @@ class _NumpyBackend(Backend):
         eye = np.broadcast_to(np.eye(k), L.shape)
         return np.linalg.solve(L, eye)
 
+    def solve_lower(self, L, B, trans: bool = False):
+        if L.ndim == 2 and L.shape[-1] > UNROLL:
+            import scipy.linalg
+            return scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0,
+                                                 check_finite=False)
+        return super().solve_lower(L, B, trans)
+
+    def chol_inverse(self, L):
+        if L.ndim == 2 and L.shape[-1] > UNROLL:
+            import scipy.linalg
+            inv, info = scipy.linalg.lapack.dpotri(L, lower=1)
+            if info != 0:
+                return np.full_like(L, np.nan)
+            return np.tril(inv) + np.tril(inv, -1).T
+        return super().chol_inverse(L)
+
 
 class _JaxBackend(Backend):
     name = "jax"
@@ -167,6 +194,11 @@ class _JaxBackend(Backend):
             return _tri_inv_unrolled(L, self.xp)
         eye = self.xp.broadcast_to(self.xp.eye(k, dtype=L.dtype), L.shape)
         return self.jax.scipy.linalg.solve_triangular(L, eye, lower=True)
+
+    def solve_lower(self, L, B, trans: bool = False):
+        if L.shape[-1] <= UNROLL:
+            return super().solve_lower(L, B, trans)
+        return self.jax.scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0)
 
 
 NUMPY = _NumpyBackend()

@@ -28,7 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import batchfit, pls
+from . import batchfit
+from .optim import final_status
+from .crossprod import Blocks, ResponseMap
+from .structure import bucket, diagonal_mask
 
 __all__ = ["FitSpec", "fit_spec", "fit_responses", "chunk_size_for", "pad_rows",
            "Lanes", "device_mesh"]
@@ -43,16 +46,15 @@ class FitSpec(NamedTuple):
     ``R`` is the response map with rows padded to ``n_pad``; ``n`` the real rows.
     """
 
-    A: pls.PLSArrays
-    R: pls.ResponseMap
-    C: batchfit.Coupling
+    A: Blocks
+    R: ResponseMap
     reml: bool
     theta0: np.ndarray
     n: int
     n_pad: int
 
 
-def pad_rows(R: pls.ResponseMap, n_pad: int) -> pls.ResponseMap:
+def pad_rows(R: ResponseMap, n_pad: int) -> ResponseMap:
     """``R`` with zero-weight rows appended up to ``n_pad``: they add nothing to Z'y,
     X'y or y'y, so designs of nearby sizes share compiled code."""
     n = R.codes0.shape[0]
@@ -63,9 +65,9 @@ def pad_rows(R: pls.ResponseMap, n_pad: int) -> pls.ResponseMap:
     def grow(a):
         # NumPy, then one transfer: eager jnp ops would each compile a kernel.
         a = np.asarray(a)
-        return jnp.asarray(np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)]))
+        return jax.device_put(np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)]))
 
-    return pls.ResponseMap(*[grow(a) for a in R])
+    return ResponseMap(R.structure, **{f: grow(getattr(R, f)) for f in ResponseMap.fields})
 
 
 def fit_spec(model, theta0=None) -> FitSpec:
@@ -74,13 +76,12 @@ def fit_spec(model, theta0=None) -> FitSpec:
     the criterion is even in each column of Lambda, so a start exactly at a
     variance of 0 is a stationary point the iteration cannot leave."""
     n = model.design.n
-    n_pad = pls.bucket(n)
+    n_pad = bucket(n)
     theta0 = model.initial_theta() if theta0 is None else np.asarray(theta0, np.float64)
-    diag = np.isfinite(pls.lower_bounds(model.structure))
+    diag = diagonal_mask(model.structure)
     theta0 = np.where(diag, np.maximum(np.abs(theta0), 0.05), theta0)
-    return FitSpec(A=model.arrays, R=pad_rows(model.response_map, n_pad),
-                   C=batchfit.coupling(model.arrays), reml=model.reml, theta0=theta0,
-                   n=n, n_pad=n_pad)
+    return FitSpec(A=model.arrays, R=pad_rows(model.response_map, n_pad), reml=model.reml,
+                   theta0=theta0, n=n, n_pad=n_pad)
 
 
 def device_mesh():
@@ -105,9 +106,10 @@ def chunk_size_for(spec: FitSpec, nsim: int, chunk_size: int | None = None) -> i
         if not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         return int(math.ceil(chunk_size / ndev) * ndev)
-    s = spec.A.structure
-    state = (s.m[0] * s.k[0] * (s.k[0] + s.p + 2 + (s.q_rest if spec.C.V is not None else 0))
-             + spec.A.ent_v.size + spec.A.pair_i.size + (s.q_rest + s.p + 1) ** 2)
+    A = spec.A
+    state = sum(int(np.size(getattr(A, f))) for f in ("d0", "b0", "ent_v", "pair_i", "amm",
+                                                        "abm", "abb"))
+    s = A.structure
     per_lane = 8 * (2 * spec.n_pad + 40 * state * (s.ntheta + 2))
     cap = 512 if jax.default_backend() == "cpu" else 16384
     per_dev = int(max(8, min(cap, 2 ** int(math.log2(max(256e6 / per_lane, 8))))))
@@ -163,7 +165,7 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
     """
     B = chunk_size_for(spec, nsim, chunk_size)
     mesh = device_mesh()
-    A, R, C = _replicate((spec.A, spec.R, spec.C), mesh)
+    A, R = _replicate((spec.A, spec.R), mesh)
     out = _alloc(nsim, spec)
     theta0 = np.asarray(spec.theta0, np.float64)
     lanes = Lanes(rep=np.full(B, -1), theta=np.tile(theta0, (B, 1)),
@@ -172,7 +174,7 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
     # (drawing compiles its own function): on a cold start the two compilations
     # overlap instead of adding up.  The warm-up call runs one iteration on zero
     # responses and is discarded; on a warm cache it costs a few milliseconds.
-    args = (_place(lanes.theta, mesh), A, R, C, _place(lanes.Y, mesh),
+    args = (_place(lanes.theta, mesh), A, R, _place(lanes.Y, mesh),
             _place(np.ones(B, np.int64), mesh), jnp.asarray(spec.reml))
     warm = threading.Thread(target=_warm_up, args=args, daemon=True)
     warm.start()
@@ -186,7 +188,7 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
         if warm is not None:
             warm.join()
             warm = None
-        res = batchfit.fit_chunk(_place(lanes.theta, mesh), A, R, C, _place(lanes.Y, mesh),
+        res = batchfit.fit_chunk(_place(lanes.theta, mesh), A, R, _place(lanes.Y, mesh),
                                  _place(cap, mesh), jnp.asarray(spec.reml))
         res = jax.tree_util.tree_map(np.asarray, res)
         total = lanes.done_iter + res.iterations
@@ -196,6 +198,7 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
         for f in _FIELDS:
             out[f][idx] = getattr(res, f)[stop]
         out["iterations"][idx] = total[stop]
+        out["status"][idx] = final_status(res.status[stop], res.converged[stop])
         finished += int(stop.sum())
         if bar is not None:
             bar.update(int(stop.sum()))

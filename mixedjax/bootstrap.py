@@ -174,7 +174,7 @@ def _ml_fit(result):
     if not result.reml:
         return result
     model = result.model
-    return LMM(model.design, reml=False, pad=model.pad, data_name=model.data_name).fit(
+    return LMM(model.design, reml=False, data_name=model.data_name).fit(
         theta0=result.theta)
 
 

@@ -1,49 +1,81 @@
-"""The compiled (JAX) side of the fit driver: the jit-compiled, vmap-able fit.
+"""The fit as one compiled JAX call: Newton with the autodiff Hessian of the criterion.
 
-:mod:`mixedjax.model` fits eagerly where it can and imports this module only for
-the compiled path (``optimizer="newton"`` on a design without closed forms,
-``LMM.objective``, batched refits), so ``import mixedjax`` and eager fits never
-import JAX.
+:mod:`mixedjax.model` fits eagerly by default and imports this module only for the
+compiled path (``optimizer="newton"``, ``LMM.objective``); batched refits
+(:mod:`mixedjax.batchfit`) and the differentiable fit (:mod:`mixedjax.fitfn`) use
+:func:`fit_arrays` under ``vmap`` and inside their own transformations.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from . import pls
+from . import factor, optim
+from .backend import jax_backend
+from .criterion import from_factor, objective
+from .crossprod import Blocks
 from .model import FitOutput
-from .optimize import bfgs_minimize, newton_minimize
+from .structure import rectify_theta
 
-__all__ = ["rectify", "fit_arrays"]
-
-
-def rectify(theta, structure: pls.Structure):
-    """jnp version of :func:`pls.rectify_theta` (usable inside jit/vmap)."""
-    parts = []
-    for k, sl in zip(structure.k, structure.theta_slices):
-        rows, cols = pls._tril_indices(k)
-        block = theta[sl]
-        diag_pos = np.array([np.flatnonzero((cols == j) & (rows == j))[0] for j in range(k)])
-        signs = jnp.where(block[diag_pos] < 0, -1.0, 1.0)
-        parts.append(block * signs[cols])
-    return jnp.concatenate(parts)
+__all__ = ["fit_arrays", "value_grad_hess", "newton", "solve", "fit_jit", "objective_jit"]
 
 
-def fit_arrays(theta0, A: pls.PLSArrays, reml: bool = True, max_iter: int = 200,
-               optimizer: str = "newton") -> FitOutput:
-    """Fit theta from ``theta0`` and solve for beta, u, sigma at the optimum.
+def value_grad_hess(fun, x, *args):
+    """fun(x, *args), its gradient and its Hessian in one pass (forward mode over
+    the gradient; for the criterion the gradient is its custom derivative)."""
+    def grad_aux(t):
+        f, g = jax.value_and_grad(fun)(t, *args)
+        return g, (f, g)
 
-    ``optimizer``: "newton" (exact Hessian) or "bfgs" (exact gradients).  Pure and
-    jit/vmap-compatible: ``jax.vmap(fit_arrays, (None, 0))`` fits a batch of
-    responses that share one design.
+    H, (f, g) = jax.jacfwd(grad_aux, has_aux=True)(x)
+    return f, g, 0.5 * (H + H.T)
+
+
+def newton(fun, x0, *args, max_iter=200, gtol: float = 1e-6,
+           final: bool = True) -> optim.OptResult:
+    """Minimize a scalar JAX function ``fun(x, *args)`` by Newton with its autodiff
+    Hessian (:func:`mixedjax.optim.minimize`, traced driver; jit/vmap-able)."""
+    drv = optim.traced(batched_eigh=True)
+    s = optim.minimize(lambda t: value_grad_hess(fun, t, *args),
+                       jnp.asarray(x0, jnp.float64), drv, "newton", max_iter=max_iter, gtol=gtol)
+    return optim.record(s, s.H, gtol, drv, final=final)
+
+
+def solve(theta, A: Blocks, be=None):
+    """:func:`mixedjax.factor.solve` at ``theta`` (traced)."""
+    be = be or jax_backend()
+    return factor.solve(factor.factorize(theta, A, be), A, be)
+
+
+def fit_arrays(theta0, A: Blocks, reml=True, max_iter=200, optimizer: str = "newton",
+               gtol: float = 1e-6, final: bool = True) -> FitOutput:
+    """Fit theta from ``theta0`` by Newton (or BFGS with a difference Hessian at the
+    end) and solve for beta, u, sigma at the optimum.
+
+    Pure and jit/vmap-compatible: ``jax.vmap(fit_arrays, (None, 0))`` fits a batch
+    of responses that share one design; ``max_iter`` may be traced; ``final=False``
+    keeps the optimizer's own status (see :func:`mixedjax.optim.record`).  The
+    eigendecompositions are LAPACK-free (:func:`mixedjax.optim.jacobi_eigh`), so the
+    batched program never calls batched LAPACK.
     """
-    minimize = bfgs_minimize if optimizer == "bfgs" else newton_minimize
-    opt = minimize(pls.objective, theta0, A, reml, max_iter=max_iter)
-    theta = rectify(opt.x, A.structure)
-    return FitOutput(opt=opt, theta=theta, solution=pls.solve(theta, A, reml))
+    drv = optim.traced(batched_eigh=True)
+    theta0 = jnp.asarray(theta0, jnp.float64)
+    if optimizer == "bfgs":
+        def evaluate(t):
+            f, g = jax.value_and_grad(objective)(t, A, reml)
+            return f, g, None
+        s = optim.minimize(evaluate, theta0, drv, "bfgs", max_iter=max_iter, gtol=gtol)
+        hess = optim.fd_hessian(lambda t: jax.grad(objective)(t, A, reml), s.x, s.g, jnp)
+        opt = optim.record(s, hess, gtol, drv, final=final)
+    else:
+        opt = newton(objective, theta0, A, reml, max_iter=max_iter, gtol=gtol, final=final)
+    theta = rectify_theta(opt.x, A.structure, jnp)
+    be = jax_backend()
+    F = factor.factorize(theta, A, be)
+    sol = factor.solve(F, A, be)
+    return FitOutput(opt=opt, theta=theta, objective=from_factor(F, A, reml, be), solution=sol)
 
 
-_fit_jit = jax.jit(fit_arrays, static_argnames=("reml", "max_iter", "optimizer"))
-_objective_jit = jax.jit(pls.objective, static_argnames=("reml",))
+fit_jit = jax.jit(fit_arrays, static_argnames=("optimizer", "gtol"))
+objective_jit = jax.jit(objective)

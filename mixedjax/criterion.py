@@ -45,8 +45,8 @@ from .backend import NUMPY
 from .crossprod import Blocks, register_pytrees
 from .structure import Structure, tril_indices
 
-__all__ = ["Weights", "weights", "value", "gradient", "objective", "weighted_logdet",
-           "parts", "condvar", "EagerModel"]
+__all__ = ["Weights", "weights", "dof", "value", "from_factor", "gradient", "objective", "weighted_logdet",
+           "parts", "condvar", "curvature_guess", "EagerModel"]
 
 
 class Weights:
@@ -98,10 +98,14 @@ def weighted_sum(F: fac.Factor, w: Weights, be):
     return w.w0 * ld0 + w.wm * ldm + xp.sum(w.wb * ldb)
 
 
+def from_factor(F: fac.Factor, A: Blocks, reml, be):
+    """The criterion from the factor at theta."""
+    return weighted_sum(F, weights(A, reml, be.xp), be) + _constant(A, reml, be.xp)
+
+
 def value(theta, A: Blocks, reml=True, be=NUMPY, ops=None):
     """The criterion at ``theta`` (NaN or inf where M is not positive definite)."""
-    F = fac.factorize(theta, A, be, ops)
-    return weighted_sum(F, weights(A, reml, be.xp), be) + _constant(A, reml, be.xp)
+    return from_factor(fac.factorize(theta, A, be, ops), A, reml, be)
 
 
 # ----------------------------------------------------------------------------------
@@ -123,31 +127,67 @@ def first_term_q(Gt: fac.Inverse, A: Blocks, be, ops):
     return Q + ops.pair_adjoint(Gt.Gmm, A)
 
 
-def _level_blocks(Y, segments, xp):
-    """Sum over levels of the diagonal k x k blocks of each segment of Y (..., N, N)
-    -> {term: (k, k)}."""
+def _diag_products(rows, cols, segments, xp):
+    """Level-diagonal blocks of rows @ cols for each segment (term, start, levels,
+    k) of the product's rows and columns, summed over levels and any leading batch
+    axis -> {term: (k, k)}; ``rows`` (..., N, M) and ``cols`` (..., M, N), O(N M k)."""
     out = {}
     for t, start, nlev, k in segments:
-        blk = Y[..., start:start + nlev * k, start:start + nlev * k]
-        shp = blk.shape[:-2]
-        blk = blk.reshape(shp + (nlev, k, nlev, k))
-        diag = xp.einsum("...lilj->...ij", blk)
-        out[t] = xp.sum(diag.reshape((-1, k, k)), axis=0)
+        r = rows[..., start:start + nlev * k, :]
+        c = cols[..., :, start:start + nlev * k]
+        shp = r.shape[:-2]
+        r = r.reshape(shp + (nlev, k, r.shape[-1]))
+        c = c.reshape(shp + (c.shape[-2], nlev, k))
+        blk = xp.einsum("...lin,...nlj->...ij", r, c)
+        out[t] = xp.sum(blk.reshape((-1, k, k)), axis=0)
     return out
 
 
-def _diag_products(T, LG, segments, xp):
-    """Level-diagonal blocks of T @ LG (both (..., N, N)) for each segment, summed
-    over levels and the batch -> {term: (k, k)}, in O(N^2 k) work."""
-    out = {}
-    for t, start, nlev, k in segments:
-        rows = T[..., start:start + nlev * k, :]
-        cols = LG[..., :, start:start + nlev * k]
-        shp = rows.shape[:-2]
-        r = rows.reshape(shp + (nlev, k, rows.shape[-1]))
-        c = cols.reshape(shp + (cols.shape[-2], nlev, k))
-        blk = xp.einsum("...lin,...nlj->...ij", r, c)
-        out[t] = xp.sum(blk.reshape((-1, k, k)), axis=0)
+def _later_terms(A: Blocks, F: fac.Factor, G: fac.Inverse, w: Weights, be) -> dict:
+    """d/dtheta_t for the later terms: 2 sum over levels of (T Lambda_e G)[r, c] on
+    each level's diagonal block (module docstring); returned without the factor 2.
+
+    Eagerly, a scalar term away from 0 takes the shortcut (1 / theta_t)
+    sum_c (1 - G_cc) over its columns: with Lambda_e' T Lambda_e = S - J and
+    (G S)_cc = 1 for the random-effects columns (their row weights sum to 1), only
+    G's diagonal is needed, not T, which for one large cluster of scalar terms is
+    then never mirrored from its lower triangle."""
+    xp = be.xp
+    s = A.structure
+    lt = tuple(lam.T for lam in F.lams)
+    eager = be.name == "numpy" and w.w0 == 1.0 and w.wm == 1.0
+    out, general_mid, general_bor = {}, [], []
+    for seg in s.middle_segments:
+        t, start, nlev, k = seg
+        if eager and k == 1 and abs(float(F.lams[t][0, 0])) > 1e-3:
+            d = np.diagonal(G.Gmm, 0, -2, -1)[:, start:start + nlev]
+            out[t] = np.reshape(np.sum(1.0 - d) / F.lams[t][0, 0], (1, 1))
+        else:
+            general_mid.append(seg)
+    for seg in s.border_segments:
+        t, start, nlev, k = seg
+        if eager and k == 1 and abs(float(F.lams[t][0, 0])) > 1e-3:
+            d = np.diagonal(G.Gbb)[start:start + nlev]
+            out[t] = np.reshape(np.sum(1.0 - d) / F.lams[t][0, 0], (1, 1))
+        else:
+            general_bor.append(seg)
+    if general_mid:
+        Tmm = F.Tmm
+        if be.name == "numpy" and s.n_cl == 1:
+            Tmm = be.symmetrize_lower(Tmm)        # one cluster may hold its lower triangle only
+        LGmm = fac.scale_rows(G.Gmm, lt, s.middle_segments, xp)        # Lambda_m G_mm
+        LGbm = fac.scale_rows(G.Gbm, lt, s.border_segments, xp)        # Lambda_b G_bm
+        a = _diag_products(Tmm, LGmm, general_mid, xp)
+        b = _diag_products(xp.swapaxes(F.Tbm, 1, 2), LGbm, general_mid, xp)
+        out.update({t: a[t] + b[t] for t in a})
+    if general_bor:
+        LGbb = fac.scale_rows(G.Gbb, lt, s.border_segments, xp)
+        a = _diag_products(F.Tbb, LGbb, general_bor, xp)
+        if s.n_cl:
+            LGmb = fac.scale_rows(xp.swapaxes(G.Gbm, 1, 2), lt, s.middle_segments, xp)
+            b = _diag_products(F.Tbm, LGmb, general_bor, xp)
+            a = {t: a[t] + b[t] for t in a}
+        out.update(a)
     return out
 
 
@@ -169,21 +209,7 @@ def gradient(theta, A: Blocks, F: fac.Factor, w: Weights, be, ops, data: bool = 
     grads = {}
     r, c = tril_indices(s.k[0])
     grads[0] = 2.0 * tot[c, r]
-    # Later terms: level-diagonal blocks of T Lambda_e G.
-    blocks = {}
-    lt = tuple(lam.T for lam in lams)
-    if s.n_cl:
-        LGmm = fac.scale_rows(G.Gmm, lt, s.middle_segments, xp)          # Lambda_m G_mm
-        LGbm = fac.scale_rows(G.Gbm, lt, s.border_segments, xp)          # Lambda_b G_bm
-        Ymm = F.Tmm @ LGmm + xp.swapaxes(F.Tbm, 1, 2) @ LGbm             # (n_cl, s, s)
-        blocks.update(_level_blocks(Ymm, s.middle_segments, xp))
-    if s.q_border:
-        LGbb = fac.scale_rows(G.Gbb, lt, s.border_segments, xp)
-        Ybb = F.Tbb @ LGbb
-        if s.n_cl:
-            LGmb = fac.scale_rows(xp.swapaxes(G.Gbm, 1, 2), lt, s.middle_segments, xp)
-            Ybb = Ybb + xp.einsum("cbs,csd->bd", F.Tbm, LGmb)
-        blocks.update(_level_blocks(Ybb, s.border_segments, xp))
+    blocks = _later_terms(A, F, G, w, be)
     for t, blk in blocks.items():
         r, c = tril_indices(s.k[t])
         grads[t] = 2.0 * blk[r, c]
@@ -241,6 +267,33 @@ def condvar(theta, A: Blocks, be=NUMPY, ops=None):
     return F.P + PL @ Q @ xp.swapaxes(PL, -1, -2), G.Gmm, G.Gbb
 
 
+def curvature_guess(theta, A: Blocks, placement) -> np.ndarray:
+    """A cheap diagonal approximation of the criterion's Hessian, on the log scale
+    for the diagonal entries of each lambda, for preconditioning the search.
+
+    For a balanced one-way layout the Fisher information of log sigma_b^2 is
+    (1/2) sum_a rho_a^2 with rho_a = n_a sigma_b^2 / (sigma^2 + n_a sigma_b^2), the
+    shrinkage factor of level a (Searle, Casella & McCulloch, "Variance
+    Components", ch. 3, the 1-way classification); in the deviance's units (x 2) and
+    for z = log theta (x 4) this is 4 sum_a rho_a^2, with n_a theta^2 in place of
+    n_a sigma_b^2 / sigma^2.  Each term is treated as if alone, with n_a the
+    level's diagonal of Z'Z; an off-diagonal entry (r, c) takes 4 sum_a rho_ar rho_ac.
+    """
+    from .structure import lambdas, per_term
+    s = A.structure
+    lams = lambdas(np.asarray(theta, np.float64), s)
+    counts = per_term(np.diagonal(A.d0, 0, -2, -1), np.diagonal(A.amm, 0, -2, -1),
+                      np.diagonal(A.abb), s, placement)
+    out = []
+    for lam, n, k in zip(lams, counts, s.k):
+        u = n * np.diagonal(lam) ** 2
+        rho = u / (1.0 + u)
+        r, c = tril_indices(k)
+        out.append(4.0 * np.sum(rho[:, r] * rho[:, c], axis=0))
+    h = np.concatenate(out)
+    return np.maximum(h, 1e-8 * max(float(np.max(h)), 1.0))
+
+
 # ----------------------------------------------------------------------------------
 # The eager (NumPy) criterion with its gradient
 # ----------------------------------------------------------------------------------
@@ -250,7 +303,7 @@ class EagerModel:
     def __init__(self, A: Blocks, reml: bool = True):
         self.A = A.numpy() if not isinstance(A.d0, np.ndarray) else A
         self.reml = bool(reml)
-        self.ops = fac.default_ops(NUMPY)
+        self.ops = fac.SparsePairOps(self.A, NUMPY)
 
     @property
     def structure(self) -> Structure:
@@ -296,36 +349,38 @@ def _jax_funcs():
     @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
     def wlogdet(theta, A, reml, which):
         F = fac.factorize(theta, A, be, ops)
-        return weighted_sum(F, weights(A, reml, jnp, which), be)
+        return jnp.stack([weighted_sum(F, weights(A, reml, jnp, w), be) for w in which])
 
     def _jvp(which, primals, tangents):
         theta, A, reml = primals
         dtheta, dA, _ = tangents
         F = fac.factorize(theta, A, be, ops)
-        w = weights(A, reml, jnp, which)
-        val = weighted_sum(F, w, be)
         need_data = any(not isinstance(getattr(dA, f), jax.custom_derivatives.SymbolicZero)
-                        for f in float_fields if f in ("d0", "b0", "ent_v", "amm", "abm", "abb",
-                                                       "n", "p"))
-        g, gd = gradient(theta, A, F, w, be, ops, data=need_data)
-        out = _tangent(dtheta, g, jnp)
-        if need_data:
-            for f, gf in gd.items():
-                out = out + _pair(getattr(dA, f), gf, jnp)
-            if which == "criterion":
-                # w_y = nu: d/dnu of nu log L_yy^2.
-                ly = 2.0 * jnp.log(F.Lbb[-1, -1])
-                dnu = (_tangent_scalar(dA.n, jnp)
-                       - jnp.where(reml, _tangent_scalar(dA.p, jnp), 0.0))
-                out = out + ly * dnu
-        return val, out
+                        for f in ("d0", "b0", "ent_v", "amm", "abm", "abb", "n", "p"))
+        vals, outs = [], []
+        for name in which:
+            w = weights(A, reml, jnp, name)
+            vals.append(weighted_sum(F, w, be))
+            g, gd = gradient(theta, A, F, w, be, ops, data=need_data)
+            out = _tangent(dtheta, g, jnp)
+            if need_data:
+                for f, gf in gd.items():
+                    out = out + _pair(getattr(dA, f), gf, jnp)
+                if name == "criterion":
+                    # w_y = nu: d/dnu of nu log L_yy^2.
+                    ly = 2.0 * jnp.log(F.Lbb[-1, -1])
+                    dnu = (_tangent_scalar(dA.n, jnp)
+                           - jnp.where(reml, _tangent_scalar(dA.p, jnp), 0.0))
+                    out = out + ly * dnu
+            outs.append(out)
+        return jnp.stack(vals), jnp.stack(outs)
 
     wlogdet.defjvp(_jvp, symbolic_zeros=True)
 
     def objective(theta, A, reml=True):
         theta = jnp.asarray(theta, jnp.float64)
         reml = jnp.asarray(reml)
-        return wlogdet(theta, A, reml, "criterion") + _constant(A, reml, jnp)
+        return wlogdet(theta, A, reml, ("criterion",))[0] + _constant(A, reml, jnp)
 
     return be, ops, wlogdet, objective
 
@@ -357,16 +412,17 @@ def objective(theta, A: Blocks, reml=True):
     return _jax_funcs()[3](theta, A, reml)
 
 
-def weighted_logdet(theta, A: Blocks, reml, which: str):
-    """sum_i w_i log L_ii^2 for the row weights ``which`` of :func:`weights` (JAX)."""
+def weighted_logdet(theta, A: Blocks, reml, which: tuple[str, ...]):
+    """sum_i w_i log L_ii^2 for each row-weight choice in ``which`` (names of
+    :func:`weights`), as a vector (JAX, differentiable: one factorization, one
+    selected inverse per choice)."""
     import jax.numpy as jnp
-    return _jax_funcs()[2](jnp.asarray(theta, jnp.float64), A, jnp.asarray(reml), which)
+    return _jax_funcs()[2](jnp.asarray(theta, jnp.float64), A, jnp.asarray(reml), tuple(which))
 
 
 def parts(theta, A: Blocks):
-    """(log|L_Z|^2, log|R_X|^2, pwrss) at ``theta`` in the stable basis (JAX,
-    differentiable; add ``A.logdet_x`` for log|R_X|^2 in the original basis)."""
+    """(log|L_Z|^2, log|R_X|^2, pwrss) at ``theta`` (JAX, differentiable), log|R_X|^2
+    in the original basis of X (the stable basis's constant added)."""
     import jax.numpy as jnp
-    ldz = weighted_logdet(theta, A, True, "z")
-    ldx = weighted_logdet(theta, A, True, "x")
-    return ldz, ldx, jnp.exp(weighted_logdet(theta, A, True, "y"))
+    ldz, ldx, ly = weighted_logdet(theta, A, True, ("z", "x", "y"))
+    return ldz, ldx + A.logdet_x, jnp.exp(ly)

@@ -21,13 +21,15 @@ Bates et al. 2015, JSS 67(1), section 3.2) and add -sum(log w) to the criterion.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
 from .structure import Placement, Structure
 
-__all__ = ["Blocks", "ResponseMap", "build", "response_map", "response_parts",
-           "with_response", "to_device", "register_pytrees", "PAIR_LIMIT"]
+__all__ = ["Blocks", "ResponseMap", "Rows", "build", "row_layout", "basis", "design_blocks",
+           "response_map", "response_parts",
+           "with_response", "to_device", "register_pytrees", "project", "PAIR_LIMIT"]
 
 # Beyond this many pairs of coupling entries (pairs of later-term columns that
 # share a first-term level) the first term's Schur update is a dense product
@@ -122,55 +124,139 @@ def to_device(tree):
 
 
 # ----------------------------------------------------------------------------------
-# Row layout
+# Row layout and basis
 # ----------------------------------------------------------------------------------
-def _row_columns(terms, s: Structure, place: Placement, sw: np.ndarray):
-    """Each row's middle and border-term columns and (weighted) values."""
-    n = len(sw)
+class Rows(NamedTuple):
+    """Each row's place in the factor (unweighted values, NumPy): the first term's
+    level ``codes0`` and values ``z0`` (n, k0); its middle columns ``mid_pos``
+    (flat cluster * s + offset) and values ``mid_z`` (n, K); its border-term
+    columns ``bor_pos`` and values ``bor_z`` (n, Kb); ``ent_idx`` (n, K) the
+    coupling entry (first-term level, middle column) each middle value adds to."""
+
+    codes0: np.ndarray
+    z0: np.ndarray
+    mid_pos: np.ndarray
+    mid_z: np.ndarray
+    bor_pos: np.ndarray
+    bor_z: np.ndarray
+    ent_idx: np.ndarray
+
+
+def row_layout(terms, s: Structure, place: Placement):
+    """(:class:`Rows`, coupling entries (ent_a, ent_pos)) of a design."""
+    n = len(terms[0].codes)
     mid_pos, mid_z = [], []
     for t, start, _, k in s.middle_segments:
         term = terms[t]
         base = place.cluster[t][term.codes] * s.s + start + place.slot[t][term.codes] * k
         mid_pos.append(base[:, None] + np.arange(k))
-        mid_z.append(term.Z * sw[:, None])
+        mid_z.append(term.Z)
     bor_pos, bor_z = [], []
     for t, start, _, k in s.border_segments:
         term = terms[t]
         bor_pos.append(start + term.codes[:, None] * k + np.arange(k))
-        bor_z.append(term.Z * sw[:, None])
+        bor_z.append(term.Z)
 
     def join(parts, dtype):
         return np.concatenate(parts, axis=1).astype(dtype) if parts else np.zeros((n, 0), dtype)
 
-    return (join(mid_pos, np.int64), join(mid_z, np.float64),
-            join(bor_pos, np.int64), join(bor_z, np.float64))
+    codes0 = np.asarray(terms[0].codes, np.int64)
+    mid_pos = join(mid_pos, np.int64)
+    width = max(s.n_cl * s.s, 1)
+    key = codes0[:, None] * width + mid_pos                            # (n, K)
+    uniq, inv = np.unique(key.reshape(-1), return_inverse=True)
+    rows = Rows(codes0=codes0, z0=np.asarray(terms[0].Z, np.float64), mid_pos=mid_pos,
+                mid_z=join(mid_z, np.float64), bor_pos=join(bor_pos, np.int64),
+                bor_z=join(bor_z, np.float64), ent_idx=inv.reshape(key.shape).astype(np.int64))
+    return rows, uniq // width, uniq % width
 
 
-def response_map(terms, X: np.ndarray, structure: Structure, placement: Placement,
-                 weights=None, offset=None, stable: bool = True):
-    """The :class:`ResponseMap` of a design, and R (the stable basis's triangle)."""
-    n, p = X.shape
-    sw = np.ones(n) if weights is None else np.sqrt(np.asarray(weights, np.float64))
-    off = np.zeros(n) if offset is None else np.asarray(offset, np.float64)
-    Xw = X * sw[:, None]
-    if p and stable:
-        q, r = np.linalg.qr(Xw)
-        # A positive diagonal makes R unique (and log|det R| a sum of logs).
-        sign = np.where(np.diagonal(r) < 0, -1.0, 1.0)
-        q, r = q * sign, r * sign[:, None]
+def basis(Xw, xp=np, stable: bool = True):
+    """(Q, R) of the weighted X = Q R with R's diagonal positive (unique, so log|det R|
+    is a sum of logs); (X, I) in the raw basis."""
+    p = Xw.shape[1]
+    if not (p and stable):
+        return Xw, xp.eye(p)
+    q, r = xp.linalg.qr(Xw)
+    sign = xp.where(xp.diagonal(r) < 0, -1.0, 1.0)
+    return q * sign, r * sign[:, None]
+
+
+def design_blocks(rows: Rows, sw, q, s: Structure, n_ent: int, be, stable: bool = True) -> dict:
+    """The blocks of :class:`Blocks` that do not depend on the response (its parts
+    are zero), from the rows weighted by ``sw`` = sqrt(prior weight) and the basis
+    ``q``; written once for NumPy and JAX (:mod:`mixedjax.fitfn` differentiates it
+    in X and the weights)."""
+    xp = be.xp
+    m0, k0, nb, qb, p = s.m[0], s.k[0], s.n_b, s.q_border, s.p
+    z0 = rows.z0 * sw[:, None]
+    midz = rows.mid_z * sw[:, None]
+    borz = rows.bor_z * sw[:, None]
+    K, Kb = rows.mid_pos.shape[1], rows.bor_pos.shape[1]
+    d0 = be.segment_sum(z0[:, :, None] * z0[:, None, :], rows.codes0, m0)
+    zeros1 = xp.zeros((m0, k0, 1))
+    b0x = be.segment_sum(z0[:, :, None] * q[:, None, :], rows.codes0, m0)
+    if Kb:
+        flat = (rows.codes0[:, None, None] * k0 + np.arange(k0)[None, :, None]) * qb \
+            + rows.bor_pos[:, None, :]
+        b0z = be.segment_sum((z0[:, :, None] * borz[:, None, :]).reshape(-1), flat.reshape(-1),
+                             m0 * k0 * qb).reshape(m0, k0, qb)
+        b0 = xp.concatenate([b0z, b0x, zeros1], axis=-1)
     else:
-        q, r = Xw, np.eye(p)
-    p_pad = structure.p
-    if p_pad > p:
-        q = np.concatenate([q, np.zeros((n, p_pad - p))], axis=1)
-    mid_pos, mid_z, bor_pos, bor_z = _row_columns(terms, structure, placement, sw)
-    R = ResponseMap(structure, sqrtw=sw, offset=off, q=q,
-                    codes0=np.asarray(terms[0].codes, np.int64), z0=terms[0].Z * sw[:, None],
-                    mid_pos=mid_pos, mid_z=mid_z, bor_pos=bor_pos, bor_z=bor_z)
-    return R, r
+        b0 = xp.concatenate([b0x, zeros1], axis=-1)
+    out = {"d0": d0, "b0": b0}
+    if s.n_cl:
+        S = s.s
+        cl, col = rows.mid_pos // S, rows.mid_pos % S
+        out["ent_v"] = be.segment_sum((midz[:, :, None] * z0[:, None, :]).reshape(-1, k0),
+                                      rows.ent_idx.reshape(-1), n_ent)
+        flat = (cl[:, :, None] * S + col[:, :, None]) * S + col[:, None, :]
+        out["amm"] = be.segment_sum((midz[:, :, None] * midz[:, None, :]).reshape(-1),
+                                    flat.reshape(-1), s.n_cl * S * S).reshape(s.n_cl, S, S)
+        if p:
+            ax = be.segment_sum((midz[:, :, None] * q[:, None, :]).reshape(-1, p),
+                                rows.mid_pos.reshape(-1), s.n_cl * S)       # (n_cl s, p)
+            ax = xp.swapaxes(ax.reshape(s.n_cl, S, p), 1, 2)
+        else:
+            ax = xp.zeros((s.n_cl, 0, S))
+        parts = [ax, xp.zeros((s.n_cl, 1, S))]
+        if Kb:
+            flat = (cl[:, :, None] * qb + rows.bor_pos[:, None, :]) * S + col[:, :, None]
+            az = be.segment_sum((midz[:, :, None] * borz[:, None, :]).reshape(-1),
+                                flat.reshape(-1), s.n_cl * qb * S).reshape(s.n_cl, qb, S)
+            parts = [az] + parts
+        out["abm"] = xp.concatenate(parts, axis=1)
+    else:
+        out["ent_v"] = xp.zeros((0, k0))
+        out["amm"] = xp.zeros((0, 0, 0))
+        out["abm"] = xp.zeros((0, nb, 0))
+    qq = xp.eye(p) if stable else q.T @ q
+    if Kb:
+        flat = rows.bor_pos[:, :, None] * qb + rows.bor_pos[:, None, :]
+        zz = be.segment_sum((borz[:, :, None] * borz[:, None, :]).reshape(-1), flat.reshape(-1),
+                            qb * qb).reshape(qb, qb)
+        zq = (be.segment_sum((borz[:, :, None] * q[:, None, :]).reshape(-1, p),
+                             rows.bor_pos.reshape(-1), qb) if p else xp.zeros((qb, 0)))
+        top = xp.concatenate([zz, zq, xp.zeros((qb, 1))], axis=1)
+        mid = xp.concatenate([zq.T, qq, xp.zeros((p, 1))], axis=1)
+        abb = xp.concatenate([top, mid, xp.zeros((1, nb))], axis=0)
+    else:
+        abb = xp.concatenate([xp.concatenate([qq, xp.zeros((p, 1))], axis=1),
+                              xp.zeros((1, nb))], axis=0)
+    out["abb"] = abb
+    return out
 
 
-def _project(q, y, xp, stable: bool):
+def response_map(rows: Rows, q, s: Structure, sw, off) -> ResponseMap:
+    """The :class:`ResponseMap` of a design: rows weighted by ``sw`` = sqrt(prior
+    weight), basis ``q``, offset ``off`` (any array library)."""
+    return ResponseMap(s, sqrtw=sw, offset=off, q=q, codes0=rows.codes0,
+                       z0=rows.z0 * sw[:, None], mid_pos=rows.mid_pos,
+                       mid_z=rows.mid_z * sw[:, None], bor_pos=rows.bor_pos,
+                       bor_z=rows.bor_z * sw[:, None])
+
+
+def project(q, y, xp=np, stable: bool = True):
     """(Q'y, y - Q Q'y), with one step of refinement (twice is enough; Parlett)."""
     if q.shape[1] == 0:
         return xp.zeros(0, dtype=y.dtype), y
@@ -193,7 +279,7 @@ def response_parts(R: ResponseMap, y, be, stable: bool = True) -> dict:
     xp = be.xp
     s = R.structure
     yw = (y - R.offset) * R.sqrtw
-    c, r = _project(R.q, yw, xp, stable)
+    c, r = project(R.q, yw, xp, stable)
     b0y = be.segment_sum(R.z0 * r[:, None], R.codes0, s.m[0])                 # (m0, k0)
     if s.n_cl:
         flat = be.segment_sum((R.mid_z * r[:, None]).reshape(-1), R.mid_pos.reshape(-1),
@@ -223,29 +309,8 @@ def with_response(A: Blocks, R: ResponseMap, y, be, stable: bool = True) -> Bloc
 
 
 # ----------------------------------------------------------------------------------
-# The design part (NumPy, once per design)
+# The design's blocks (NumPy, once per design)
 # ----------------------------------------------------------------------------------
-def _group_sum(codes, values, m):
-    out = np.zeros((m,) + values.shape[1:])
-    np.add.at(out, codes, values)
-    return out
-
-
-def _entries(codes0, z0, mid_pos, mid_z, width):
-    """Non-zero entries of Z0'Z_middle as (level, middle column, k0-vector),
-    sorted by level then column."""
-    k0 = z0.shape[1]
-    K = mid_pos.shape[1]
-    if K == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, k0))
-    key = (np.repeat(codes0, K) * width + mid_pos.reshape(-1))
-    vals = (mid_z[:, :, None] * z0[:, None, :]).reshape(-1, k0)
-    uniq, inv = np.unique(key, return_inverse=True)
-    v = np.zeros((len(uniq), k0))
-    np.add.at(v, inv.reshape(-1), vals)
-    return uniq // width, uniq % width, v
-
-
 def _pairs(ent_a):
     """All pairs (i, j), i <= j, of entries of one level, grouped by level."""
     if len(ent_a) == 0:
@@ -269,8 +334,8 @@ def _pair_count(ent_a) -> int:
 
 
 def build(terms, X: np.ndarray, y: np.ndarray, structure: Structure, placement: Placement,
-          weights=None, offset=None, stable: bool = True) -> tuple[Blocks, ResponseMap]:
-    """The :class:`Blocks` of a design (and its :class:`ResponseMap`).
+          weights=None, offset=None, stable: bool = True):
+    """(:class:`Blocks`, :class:`ResponseMap`, :class:`Rows`) of a design.
 
     ``terms``: sequence with ``codes`` (n,), ``Z`` (n, k) and ``nlevels`` in lme4's
     order; ``structure``/``placement`` from :func:`mixedjax.structure.analyze`;
@@ -280,74 +345,23 @@ def build(terms, X: np.ndarray, y: np.ndarray, structure: Structure, placement: 
     from .backend import NUMPY
 
     s = structure
-    p_real = X.shape[1]
-    R, rx = response_map(terms, X, s, placement, weights, offset, stable)
-    n = len(y)
-    m0, k0, nb, qb, p = s.m[0], s.k[0], s.n_b, s.q_border, s.p
-    codes0, z0, q = R.codes0, R.z0, R.q
-
-    # y's parts come from response_parts, shared with batched refits.
-    d0 = _group_sum(codes0, z0[:, :, None] * z0[:, None, :], m0)
-    b0 = np.zeros((m0, k0, nb))
-    if R.bor_pos.shape[1]:
-        # Z0' Z_border: entry (a, i, pos) for each row's border columns.
-        flat = ((codes0[:, None, None] * k0 + np.arange(k0)[None, :, None]) * nb
-                + R.bor_pos[:, None, :])
-        np.add.at(b0.reshape(-1), flat.reshape(-1),
-                  (z0[:, :, None] * R.bor_z[:, None, :]).reshape(-1))
-    b0[:, :, qb:qb + p] = _group_sum(codes0, z0[:, :, None] * q[:, None, :], m0)
-
-    width = max(s.n_cl * s.s, 1)
-    ent_a, ent_pos, ent_v = _entries(codes0, z0, R.mid_pos, R.mid_z, width)
-    dense = False
+    n, p = X.shape
+    rows, ent_a, ent_pos = row_layout(terms, s, placement)
+    sw = np.ones(n) if weights is None else np.sqrt(np.asarray(weights, np.float64))
+    q, rx = basis(X * sw[:, None], np, stable)
     if _pair_count(ent_a) > PAIR_LIMIT and s.n_cl == 1:
-        dense = True
+        import dataclasses
+        s = dataclasses.replace(s, dense_coupling=True)
         pair_i = pair_j = np.zeros(0, np.int64)
     else:
         pair_i, pair_j = _pairs(ent_a)
-
-    amm = np.zeros((s.n_cl, s.s, s.s))
-    abm = np.zeros((s.n_cl, nb, s.s))
-    if s.n_cl:
-        cl = R.mid_pos // s.s
-        col = R.mid_pos % s.s
-        # Pairs of one row's middle columns (same cluster by construction).
-        flat = (cl[:, :, None] * s.s + col[:, :, None]) * s.s + col[:, None, :]
-        np.add.at(amm.reshape(-1), flat.reshape(-1),
-                  (R.mid_z[:, :, None] * R.mid_z[:, None, :]).reshape(-1))
-        if R.bor_pos.shape[1]:
-            flat = (cl[:, :, None] * nb + R.bor_pos[:, None, :]) * s.s + col[:, :, None]
-            np.add.at(abm.reshape(-1), flat.reshape(-1),
-                      (R.mid_z[:, :, None] * R.bor_z[:, None, :]).reshape(-1))
-        for j in range(p):
-            flat = (cl * nb + qb + j) * s.s + col
-            np.add.at(abm.reshape(-1), flat.reshape(-1), (R.mid_z * q[:, j:j + 1]).reshape(-1))
-
-    abb = np.zeros((nb, nb))
-    if qb:
-        Kb = R.bor_pos.shape[1]
-        flat = R.bor_pos[:, :, None] * nb + R.bor_pos[:, None, :]
-        np.add.at(abb.reshape(-1), flat.reshape(-1),
-                  (R.bor_z[:, :, None] * R.bor_z[:, None, :]).reshape(-1))
-        zq = np.zeros((qb, p))
-        for j in range(Kb):
-            np.add.at(zq, R.bor_pos[:, j], R.bor_z[:, j:j + 1] * q)
-        abb[:qb, qb:qb + p] = zq
-        abb[qb:qb + p, :qb] = zq.T
-    abb[qb:qb + p, qb:qb + p] = np.eye(p) if stable else q.T @ q
-
-    y = np.asarray(y, np.float64)
-    A = Blocks(s, d0=d0, b0=b0, ent_a=ent_a, ent_pos=ent_pos, ent_v=ent_v,
-               pair_i=pair_i, pair_j=pair_j, amm=amm, abm=abm, abb=abb,
-               n=np.float64(n), p=np.float64(p_real),
+    parts = design_blocks(rows, sw, q, s, len(ent_a), NUMPY, stable)
+    A = Blocks(s, ent_a=ent_a, ent_pos=ent_pos, pair_i=pair_i, pair_j=pair_j,
+               n=np.float64(n), p=np.float64(p),
                ldw=np.float64(0.0 if weights is None else np.sum(np.log(weights))),
-               logdet_x=np.float64(2.0 * np.sum(np.log(np.abs(np.diagonal(rx))))
-                                   if (stable and p_real) else 0.0),
-               rx=rx, beta0=np.zeros(p))
-    A = with_response(A, R, y, NUMPY, stable)
-    if dense:
-        import dataclasses
-        s2 = dataclasses.replace(s, dense_coupling=True)
-        A = Blocks(s2, **{f: getattr(A, f) for f in Blocks.fields})
-        R.structure = s2
-    return A, R
+               logdet_x=np.float64(2.0 * np.sum(np.log(np.diagonal(rx))) if (stable and p)
+                                   else 0.0),
+               rx=rx, beta0=np.zeros(p), **parts)
+    off = np.zeros(n) if offset is None else np.asarray(offset, np.float64)
+    R = response_map(rows, q, s, sw, off)
+    return with_response(A, R, np.asarray(y, np.float64), NUMPY, stable), R, rows

@@ -47,7 +47,9 @@ from .crossprod import Blocks
 from .structure import Structure, lambdas
 
 __all__ = ["Factor", "Inverse", "factorize", "log_diagonals", "inverse", "scale_cols",
-           "scale_rows", "tilde", "solve", "Solution"]
+           "scale_rows", "tilde", "solve", "Solution", "back_vcov", "row_norms",
+           "level_coupling", "random_effects", "fitted", "coupling_dense", "PairOps",
+           "default_ops"]
 
 
 class Factor(NamedTuple):
@@ -55,8 +57,9 @@ class Factor(NamedTuple):
 
     ``lams`` each term's lambda; ``L0``/``P``/``K`` (m0, k0, k0) per first-term
     level; ``logdet0`` sum_a log|M_a|; ``T*`` the unscaled Schur complement's blocks
-    (T_mm symmetric); ``Lmm`` (n_cl, s, s), ``Lmm_inv`` its inverse, ``Lbm``
-    (n_cl, n_b, s), ``Lbb`` (n_b, n_b).
+    (``T_mm`` symmetric, or valid in its lower triangle for one cluster of scalar
+    terms, where nothing reads the rest); ``Lmm`` (n_cl, s, s), ``Lbm`` (n_cl, n_b,
+    s), ``Lbb`` (n_b, n_b).
     """
 
     lams: tuple
@@ -68,7 +71,6 @@ class Factor(NamedTuple):
     Tbm: object
     Tbb: object
     Lmm: object
-    Lmm_inv: object
     Lbm: object
     Lbb: object
 
@@ -177,20 +179,22 @@ def factorize(theta, A: Blocks, be, ops=None) -> Factor:
         Smm = scale_rows(scale_cols(Tmm, lams, mseg, xp), lams, mseg, xp)
         Smm = Smm + xp.eye(s.s, dtype=Smm.dtype)
         Sbm = scale_rows(scale_cols(Tbm, lams, mseg, xp), lams, bseg, xp)
-        if s.n_cl == 1:
-            Lmm = be.chol(Smm[0])[None]
-            Lmm_inv = be.tri_inv(Lmm[0])[None]
-        else:
-            Lmm = be.chol(Smm)
-            Lmm_inv = be.tri_inv(Lmm)
-        Lbm = Sbm @ xp.swapaxes(Lmm_inv, -1, -2)
+        Lmm = be.chol(Smm[0])[None] if s.n_cl == 1 else be.chol(Smm)
+        Lbm = xp.swapaxes(mid_solve(Lmm, xp.swapaxes(Sbm, -1, -2), be), -1, -2)
         Sbb = Sbb - xp.einsum("cbs,cds->bd", Lbm, Lbm)
     else:
-        Lmm = Lmm_inv = Lbm = None
+        Lmm = Lbm = None
     Lbb = be.chol(Sbb)
     L0, P, K, logdet0 = F0
     return Factor(lams=lams, L0=L0, P=P, K=K, logdet0=logdet0, Tmm=Tmm, Tbm=Tbm, Tbb=Tbb,
-                  Lmm=Lmm, Lmm_inv=Lmm_inv, Lbm=Lbm, Lbb=Lbb)
+                  Lmm=Lmm, Lbm=Lbm, Lbb=Lbb)
+
+
+def mid_solve(Lmm, B, be, trans: bool = False):
+    """L_mm,c^-1 B_c (or L_mm,c^-T B_c) for every cluster c."""
+    if Lmm.shape[0] == 1:
+        return be.solve_lower(Lmm[0], B[0], trans)[None]
+    return be.solve_lower(Lmm, B, trans)
 
 
 def log_diagonals(F: Factor, be):
@@ -222,10 +226,10 @@ def inverse(F: Factor, w_mid, w_border, be) -> Inverse:
     Gbb = xp.swapaxes(V, 0, 1) @ (w_border[:, None] * V)
     if F.Lmm is None:
         return Inverse(None, None, Gbb)
-    Y = F.Lbm @ F.Lmm_inv                                              # (n_cl, n_b, s)
-    Gbm = -Gbb @ Y
-    Gmm = (w_mid * (xp.swapaxes(F.Lmm_inv, -1, -2) @ F.Lmm_inv)
-           + xp.swapaxes(Y, -1, -2) @ (Gbb @ Y))
+    Y = xp.swapaxes(mid_solve(F.Lmm, xp.swapaxes(F.Lbm, -1, -2), be, trans=True), -1, -2)
+    Gbm = -Gbb @ Y                                                     # Y: (n_cl, n_b, s)
+    inv = be.chol_inverse(F.Lmm[0])[None] if F.Lmm.shape[0] == 1 else be.chol_inverse(F.Lmm)
+    Gmm = w_mid * inv + xp.swapaxes(Y, -1, -2) @ (Gbb @ Y)
     return Inverse(Gmm, Gbm, Gbb)
 
 
@@ -285,6 +289,82 @@ class PairOps:
         return xp.einsum("aks,st,alt->akl", V, Gt_mm[0], V)
 
 
+class SparsePairOps(PairOps):
+    """:class:`PairOps` for NumPy with the pair sums as one sparse matrix, built once.
+
+    The update's value at a pair's position is v_i' K_a v_j = <K_a, (v_i v_j' +
+    v_j v_i') / 2>, linear in the per-level K, so the whole middle update is one
+    sparse (positions x m0 k0^2) product with the stacked K; its transpose, with
+    off-diagonal positions counted twice, is the adjoint (InstEval: 2.6e6 pairs,
+    one sparse product each way).  For one cluster of scalar terms the update
+    stays in the lower triangle (nothing reads the rest; mirroring a 1,000-column
+    block would cost more than the product)."""
+
+    def __init__(self, A: Blocks, be):
+        super().__init__(be)
+        s = A.structure
+        self.lower_only = s.n_cl == 1 and all(s.k[t] == 1 for t in s.middle)
+        self.op = None
+        if not s.n_cl or s.dense_coupling:
+            return
+        from scipy.sparse import csr_matrix
+        k0 = s.k[0]
+        pi, pj = A.pair_i, A.pair_j
+        vi, vj = A.ent_v[pi], A.ent_v[pj]
+        po = vi[:, :, None] * vj[:, None, :]
+        po = 0.5 * (po + np.swapaxes(po, 1, 2))
+        pos = _pair_flat(A)
+        rows = np.repeat(pos, k0 * k0)
+        cols = (A.ent_a[pi][:, None] * (k0 * k0) + np.arange(k0 * k0)).reshape(-1)
+        size = s.n_cl * s.s * s.s
+        self.op = csr_matrix((po.reshape(-1), (rows, cols)), shape=(size, s.m[0] * k0 * k0))
+        diag = np.zeros((s.n_cl, s.s, s.s), bool)
+        diag[:, np.arange(s.s), np.arange(s.s)] = True
+        self.mult = np.where(diag.reshape(-1), 1.0, 2.0)
+
+    def pair_update(self, K, A: Blocks):
+        if self.op is None:
+            return super().pair_update(K, A)
+        s = A.structure
+        low = (self.op @ K.reshape(-1)).reshape(s.n_cl, s.s, s.s)
+        if self.lower_only:
+            return low
+        return low + np.swapaxes(low, -1, -2) * (1.0 - np.eye(s.s))
+
+    def pair_adjoint(self, Gt_mm, A: Blocks):
+        if self.op is None:
+            return super().pair_adjoint(Gt_mm, A)
+        s = A.structure
+        g = Gt_mm.reshape(-1) * self.mult
+        return (self.op.T @ g).reshape(s.m[0], s.k[0], s.k[0])
+
+    def dense_update(self, K, A: Blocks):
+        """V' K V as W'W with W_a = L0_a^-1 lambda0' V_a (one symmetric rank-k product)."""
+        import scipy.linalg
+        W = self._dense_w(K, A)
+        U = scipy.linalg.blas.dsyrk(1.0, W, trans=1, lower=1)
+        if self.lower_only:
+            return U[None]
+        return (np.tril(U) + np.tril(U, -1).T)[None]
+
+    def _dense_w(self, K, A: Blocks):
+        s = A.structure
+        if "V" not in self.__dict__:
+            self.V = coupling_dense(A, self.be)                         # (m0, k0, s)
+        if s.k[0] == 1:
+            return self.V[:, 0, :] * np.sqrt(np.maximum(K[:, 0, 0], 0.0))[:, None]
+        e, U = np.linalg.eigh(K)                                       # K = C C'
+        C = U * np.sqrt(np.maximum(e, 0.0))[:, None, :]
+        return (np.swapaxes(C, 1, 2) @ self.V).reshape(-1, s.s)
+
+    def dense_adjoint(self, Gt_mm, A: Blocks):
+        if "V" not in self.__dict__:
+            self.V = coupling_dense(A, self.be)
+        VG = np.einsum("aks,st->akt", self.V, Gt_mm[0]) if self.V.shape[1] > 1 else \
+            (self.V[:, 0, :] @ Gt_mm[0])[:, None, :]
+        return np.einsum("akt,alt->akl", VG, self.V)
+
+
 def default_ops(be):
     return PairOps(be)
 
@@ -324,7 +404,7 @@ def solve(F: Factor, A: Blocks, be, ops=None) -> Solution:
     if s.n_cl:
         cm = F.Lbm[:, -1, :]                                           # y row of L_bm
         rhs = cm - xp.einsum("cbs,b->cs", F.Lbm[:, :-1, :], xb)
-        u_mid = (xp.swapaxes(F.Lmm_inv, -1, -2) @ rhs[..., None])[..., 0]
+        u_mid = mid_solve(F.Lmm, rhs[..., None], be, trans=True)[..., 0]
         bm = scale_cols(u_mid, _transposed(lams), s.middle_segments, xp).reshape(-1)
         r0 = r0 + be.segment_sum(A.ent_v * bm[A.ent_pos][:, None], A.ent_a, s.m[0])
     else:
@@ -356,3 +436,72 @@ def back_vcov(R, V, be):
 
 
 _ = np  # NumPy is the default array library of the eager path
+
+
+# ----------------------------------------------------------------------------------
+# Rows: quadratic forms a' M^-1 a and fitted values
+# ----------------------------------------------------------------------------------
+def level_coupling(A: Blocks, be):
+    """The first term's coupling to the middle as a dense (m0, k0, n_cl * s) array."""
+    xp = be.xp
+    s = A.structure
+    q = s.n_cl * s.s
+    V = be.segment_sum(A.ent_v, A.ent_a * q + A.ent_pos, s.m[0] * q)          # (m0 q, k0)
+    return xp.swapaxes(V.reshape(s.m[0], q, s.k[0]), 1, 2)
+
+
+def row_norms(F: Factor, A: Blocks, level, a0, a_rest, be, coupling=None):
+    """|L_A^-1 a|^2 = a' M_A^-1 a for rows a = [a0; a_rest] in the factor's
+    coordinates (M_A: M without its y row and column; Henderson's prediction error
+    variance and the hat values both are such forms).
+
+    ``level`` (N,) the first term's level of each row (any level where ``a0`` is 0),
+    ``a0`` (N, k0) = lambda0' z0; ``a_rest`` (N, n_cl s + n_b - 1) the middle
+    (cluster layout) and border columns (Z_border, then X in the stable basis),
+    scaled by Lambda'.  Forward substitution through the blocks: the first term's
+    factor, its coupling (B_a' lambda0 L0_a^-T, dense for these rows), the
+    clusters, the border.
+    """
+    xp = be.xp
+    s = A.structure
+    qm = s.n_cl * s.s
+    L0inv = be.tri_inv(F.L0)[level]                                     # (N, k0, k0)
+    v0 = xp.einsum("nij,nj->ni", L0inv, a0)
+    t = xp.einsum("ij,nj->ni", F.lams[0], xp.einsum("nji,nj->ni", L0inv, v0))
+    cb = xp.einsum("nkb,nk->nb", A.b0[level][:, :, :-1], t)
+    cb = scale_cols(cb, F.lams, s.border_segments, xp)
+    total = xp.sum(v0 * v0, axis=1)
+    rb = a_rest[:, qm:] - cb
+    if s.n_cl:
+        V = coupling if coupling is not None else level_coupling(A, be)
+        cm = xp.einsum("nkq,nk->nq", V[level], t).reshape(-1, s.n_cl, s.s)
+        cm = scale_cols(cm, F.lams, s.middle_segments, xp)
+        rm = a_rest[:, :qm].reshape(-1, s.n_cl, s.s) - cm
+        vm = xp.swapaxes(mid_solve(F.Lmm, xp.moveaxis(rm, 0, -1), be), 1, 2)
+        vm = xp.moveaxis(vm, 1, 0)                                     # (N, n_cl, s)
+        total = total + xp.sum(vm * vm, axis=(1, 2))
+        rb = rb - xp.einsum("cbs,ncs->nb", F.Lbm[:, :-1, :], vm)
+    vb = rb @ xp.swapaxes(be.tri_inv(F.Lbb[:-1, :-1]), 0, 1)
+    return total + xp.sum(vb * vb, axis=1)
+
+
+def random_effects(F: Factor, sol: Solution, A: Blocks, xp):
+    """b = Lambda u in the factor's layout: (first (m0, k0), middle (n_cl, s),
+    border (q_border,))."""
+    s = A.structure
+    lt = _transposed(F.lams)
+    b0 = sol.u0 @ xp.swapaxes(F.lams[0], 0, 1)
+    bm = scale_cols(sol.u_mid, lt, s.middle_segments, xp) if s.n_cl else None
+    bb = scale_cols(sol.u_border[None, :], lt, s.border_segments, xp)[0]
+    return b0, bm, bb
+
+
+def fitted(F: Factor, sol: Solution, A: Blocks, rows, X, offset, xp):
+    """X beta + Z b (+ offset) for the design's rows (:class:`mixedjax.crossprod.Rows`)."""
+    b0, bm, bb = random_effects(F, sol, A, xp)
+    eta = X @ sol.beta + xp.sum(rows.z0 * b0[rows.codes0], axis=1) + offset
+    if bm is not None and rows.mid_pos.shape[1]:
+        eta = eta + xp.sum(rows.mid_z * bm.reshape(-1)[rows.mid_pos], axis=1)
+    if rows.bor_pos.shape[1]:
+        eta = eta + xp.sum(rows.bor_z * bb[rows.bor_pos], axis=1)
+    return eta

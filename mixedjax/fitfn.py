@@ -13,7 +13,7 @@ weights ``w``::
 Derivatives come from the implicit function theorem, not from differentiating
 the optimizer's iterations.  The optimum theta*(A) of the profiled criterion
 d(theta, A) (Bates et al. 2015, JSS 67(1), eqs. 35 and 42), where A are the
-cross-products of [Z X y] (:class:`~mixedjax.pls.PLSArrays`), satisfies
+cross-products of [Z X y] (:class:`~mixedjax.crossprod.Blocks`), satisfies
 grad_theta d(theta*, A) = 0, so
 
     d theta* = -H^-1 (d/dA grad_theta d)(theta*, A) . dA,   H = hess_theta d(theta*, A).
@@ -21,7 +21,7 @@ grad_theta d(theta*, A) = 0, so
 This tangent rule is linear in dA, so it serves forward mode (``jax.jvp``,
 ``jax.jacfwd``) and, by transposition, reverse mode (``jax.grad``,
 ``jax.jacrev``).  beta, sigma, the criterion and vcov(beta) are explicit
-functions of (theta, A) (:func:`mixedjax.pls.solve`), differentiated by the chain
+functions of (theta, A) (:func:`mixedjax.factor.solve`), differentiated by the chain
 rule.  A, in turn, is rebuilt from (y, X, w) by :meth:`FitFunction.arrays`, a jnp
 function over the fixed index structure, so the whole map is differentiable.
 
@@ -54,9 +54,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import layout, pls
-from .model import LMM, rectify
-from .optimize import newton_minimize
+from . import factor
+from .backend import jax_backend
+from .compiled import newton
+from .criterion import from_factor, objective
+from .crossprod import Blocks, Rows, basis, design_blocks, response_map, with_response
+from .model import LMM
+from .structure import Structure, rectify_theta, tril_indices
 
 __all__ = ["fit_fn", "FitParams", "FitFunction", "Layout", "rebuild_arrays", "ift_matrices",
            "ift_tangent", "ZERO_TOL"]
@@ -83,103 +87,67 @@ class FitParams(NamedTuple):
 
 
 class Layout(NamedTuple):
-    """The fixed index structure of a design (arrays only, so it is a pytree).
+    """The fixed index structure of a design (arrays only, so it is a pytree): its
+    :class:`~mixedjax.crossprod.Rows` and ``offset`` (n,)."""
 
-    ``codes0`` (n,) level of the first term; ``z0`` (n, k0) its Z values;
-    ``rest_cols`` (n, K) and ``rest_z`` (n, K) the Z_rest column and value of each
-    row's entries; ``ent_idx`` (n, K) the position of (codes0, rest_cols) in the
-    entry list of :class:`~mixedjax.pls.PLSArrays`; ``offset`` (n,).
-    """
-
-    codes0: jax.Array
-    z0: jax.Array
-    rest_cols: jax.Array
-    rest_z: jax.Array
-    ent_idx: jax.Array
+    rows: Rows
     offset: jax.Array
 
 
-def make_layout(design, arrays: pls.PLSArrays, pad: bool) -> Layout:
-    """Index structure of ``design`` matching the entry order of ``arrays``."""
-    terms = [layout._Scaled(t.codes, t.Z, t.nlevels) for t in design.terms]
-    _, _, cols, zvals = layout._layout(terms, design.X, pad)
-    s = arrays.structure
-    codes0 = terms[0].codes
-    if s.q_rest:
-        ent_a, ent_c, _ = layout._entries(codes0, terms[0].Z, cols, zvals, s.q_rest)
-        keys = ent_a * s.q_rest + ent_c
-        ent_idx = np.searchsorted(keys, codes0[:, None] * s.q_rest + cols)
-        if not (np.array_equal(np.asarray(arrays.ent_a[:len(keys)]), ent_a)
-                and np.array_equal(np.asarray(arrays.ent_c[:len(keys)]), ent_c)):
-            raise ValueError("the model's arrays do not match its design's entry layout")
-    else:
-        ent_idx = np.zeros_like(cols)
-    n = design.n
-    offset = np.zeros(n) if design.offset is None else np.asarray(design.offset, np.float64)
-    as_f = lambda a: jnp.asarray(a, jnp.float64)
-    as_i = lambda a: jnp.asarray(a, jnp.int32)
-    return Layout(codes0=as_i(codes0), z0=as_f(terms[0].Z), rest_cols=as_i(cols),
-                  rest_z=as_f(zvals), ent_idx=as_i(ent_idx), offset=as_f(offset))
+def make_layout(model: LMM) -> Layout:
+    """The :class:`Layout` of a model, on JAX's device."""
+    d = model.design
+    offset = np.zeros(d.n) if d.offset is None else np.asarray(d.offset, np.float64)
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)),
+                                  Layout(rows=model.rows, offset=offset))
 
 
-def rebuild_arrays(L: Layout, template: pls.PLSArrays, y, X, w) -> pls.PLSArrays:
-    """The :class:`~mixedjax.pls.PLSArrays` of (y, X, w) for the design of ``L``.
-
-    Same cross-products as :func:`mixedjax.pls.build_arrays` (rows weighted by w,
-    y less the offset), written as segment sums over the fixed index structure so
-    that they are differentiable in y, X and w and batch under ``vmap``.  Integer
-    fields (entry and pair lists) come from ``template``.
-    """
-    s = template.structure
-    m0, qr, p = s.m[0], s.q_rest, s.p
-    yw = y - L.offset
-    Xp = jnp.pad(X, ((0, 0), (0, p - X.shape[1])))
+def _sqrt_weights(w):
+    # sqrt only where w > 0: the inner where keeps the derivative finite at w = 0.
     pos = w > 0
-    # log w only where w > 0: the inner where keeps the derivative finite at w = 0.
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, w, 1.0)), 0.0)
+
+
+def rebuild_arrays(L: Layout, template: Blocks, y, X, w) -> Blocks:
+    """The :class:`~mixedjax.crossprod.Blocks` of (y, X, w) for the design of ``L``.
+
+    The same cross-products as :func:`mixedjax.crossprod.build` (the same
+    :func:`~mixedjax.crossprod.design_blocks`, rows weighted by w, X through its
+    QR basis, y less the offset), in jnp over the fixed index structure, so that
+    they are differentiable in y, X and w and batch under ``vmap``.  Index fields
+    (coupling entries and pairs) come from ``template``.
+    """
+    be = jax_backend()
+    s = template.structure
+    sw = _sqrt_weights(w)
+    q, rx = basis(X * sw[:, None], jnp)
+    parts = design_blocks(L.rows, sw, q, s, template.ent_a.shape[0], be)
+    pos = w > 0
     ldw = jnp.sum(jnp.where(pos, jnp.log(jnp.where(pos, w, 1.0)), 0.0))
-    z0w = L.z0 * w[:, None]
-    seg0 = functools.partial(jax.ops.segment_sum, segment_ids=L.codes0, num_segments=m0)
-    fields = dict(
-        d1=seg0(z0w[:, :, None] * L.z0[:, None, :]),
-        b1x=seg0(z0w[:, :, None] * Xp[:, None, :]),
-        b1y=seg0(z0w * yw[:, None]),
-        xtx=Xp.T @ (Xp * w[:, None]) + jnp.diag((jnp.arange(p) >= X.shape[1]).astype(Xp.dtype)),
-        xty=Xp.T @ (w * yw), yty=jnp.sum(w * yw * yw),
-        n=jnp.sum(pos).astype(jnp.float64), ldw=ldw)
-    if qr:
-        rzw = L.rest_z * w[:, None]                                     # (n, K)
-        cols = L.rest_cols.reshape(-1)
-        fields.update(
-            ent_v=jax.ops.segment_sum((rzw[:, :, None] * L.z0[:, None, :]).reshape(-1, s.k[0]),
-                                      L.ent_idx.reshape(-1),
-                                      num_segments=template.ent_a.shape[0]),
-            rzz=jnp.zeros((qr, qr)).at[L.rest_cols[:, :, None], L.rest_cols[:, None, :]].add(
-                rzw[:, :, None] * L.rest_z[:, None, :]),
-            rzx=jax.ops.segment_sum((rzw[:, :, None] * Xp[:, None, :]).reshape(-1, p), cols,
-                                    num_segments=qr),
-            rzy=jax.ops.segment_sum((rzw * yw[:, None]).reshape(-1), cols, num_segments=qr))
-    return template.replace(**fields)
+    A = template.replace(n=jnp.sum(pos).astype(jnp.float64), ldw=ldw, rx=rx,
+                         logdet_x=2.0 * jnp.sum(jnp.log(jnp.diagonal(rx))), **parts)
+    return with_response(A, response_map(L.rows, q, s, sw, L.offset), y, be)
 
 
 # ----------------------------------------------------------------------------------
 # theta* as a function of the arrays, with its implicit-function-theorem JVP
 # ----------------------------------------------------------------------------------
-def _column_diagonals(structure: pls.Structure) -> np.ndarray:
-    """For each theta element, the index of the diagonal element of its Lambda column."""
+def _column_diagonals(structure: Structure) -> np.ndarray:
+    """For each theta element, the index of the diagonal element of its lambda column."""
     out, start = [], 0
     for k in structure.k:
-        rows, cols = pls._tril_indices(k)
+        rows, cols = tril_indices(k)
         diag_of_col = {c: start + i for i, (r, c) in enumerate(zip(rows, cols)) if r == c}
         out.extend(diag_of_col[c] for c in cols)
         start += len(rows)
     return np.asarray(out, dtype=np.int64)
 
 
-def free_mask(theta, structure: pls.Structure, zero_tol: float = ZERO_TOL):
+def free_mask(theta, structure: Structure, zero_tol: float = ZERO_TOL):
     """True for theta elements that move with the data.
 
     Held (False): a diagonal element with |theta| <= zero_tol, and the other
-    elements of its Lambda column when they are zero too (a zero column).
+    elements of its lambda column when they are zero too (a zero column).
     """
     zero = jnp.abs(theta) <= zero_tol
     return ~(zero & zero[jnp.asarray(_column_diagonals(structure))])
@@ -201,31 +169,28 @@ def masked_solve(H, g, mask):
 # refits instead of being recompiled inside every transformed program.
 @functools.partial(jax.jit, static_argnames=("reml", "max_iter", "zero_tol"))
 def _newton(theta0, A, reml, max_iter, zero_tol):
-    opt = newton_minimize(pls.objective, theta0, A, reml, max_iter=max_iter)
-    # The line search stops where the criterion's decrease drops below round-off,
-    # which can leave |gradient| ~ 1e-7 (Penicillin); one plain Newton step with the
-    # gradient and Hessian already evaluated at opt.x takes it to round-off level
-    # (~1e-11), which the implicit-function derivative and finite differences of
-    # refits rely on.
+    opt = newton(objective, theta0, A, reml, max_iter=max_iter)
+    # One plain Newton step with the gradient and Hessian already evaluated at opt.x
+    # takes the gradient to round-off level (~1e-11), which the implicit-function
+    # derivative and finite differences of refits rely on.
     step = masked_solve(opt.hess, opt.grad, free_mask(opt.x, A.structure, zero_tol))
     small = jnp.linalg.norm(step) <= 1e-4 * (1.0 + jnp.linalg.norm(opt.x))
     polish = opt.converged & small & jnp.all(jnp.isfinite(step))
     x = jnp.where(polish, opt.x - step, opt.x)
-    return rectify(x, A.structure), opt.converged.astype(jnp.float64)
+    return rectify_theta(x, A.structure, jnp), opt.converged.astype(jnp.float64)
 
 
-# Integer fields (entry and pair lists) carry no derivative.
-_FLOAT_FIELDS = tuple(f for f in pls.PLSArrays.fields
-                      if f not in ("ent_a", "ent_c", "pair_i", "pair_j"))
+# Index fields carry no derivative.
+_FLOAT_FIELDS = tuple(f for f in Blocks.fields if f not in Blocks.index_fields)
 
 
-def float_fields(A: pls.PLSArrays) -> dict:
+def float_fields(A: Blocks) -> dict:
     """The float fields of ``A`` as a dict (the ones that carry derivatives)."""
     return {f: getattr(A, f) for f in _FLOAT_FIELDS}
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def ift_matrices(theta, A: pls.PLSArrays, reml: bool):
+def ift_matrices(theta, A: Blocks, reml: bool):
     """H = d2 d / dtheta2 and C = d2 d / dtheta dA (per float field of A, shape
     field.shape + (ntheta,)) at (theta, A).
 
@@ -234,7 +199,7 @@ def ift_matrices(theta, A: pls.PLSArrays, reml: bool):
     the tangent map dA -> -H^-1 C . dA is a plain contraction.
     """
     def grads(t):
-        return jax.grad(lambda tt, fl: pls.objective(tt, A.replace(**fl), reml),
+        return jax.grad(lambda tt, fl: objective(tt, A.replace(**fl), reml),
                         argnums=(0, 1))(t, float_fields(A))
     return jax.jacfwd(grads)(theta)
 
@@ -248,10 +213,10 @@ def ift_tangent(H, C, mask, dfloats):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def optimum(theta0, A: pls.PLSArrays, reml: bool, max_iter: int, zero_tol: float):
-    """(theta*, converged) minimizing the profiled criterion for the arrays ``A``.
+def optimum(theta0, A: Blocks, reml: bool, max_iter: int, zero_tol: float):
+    """(theta*, converged) minimizing the profiled criterion for the blocks ``A``.
 
-    The primal is the damped Newton iteration of :mod:`mixedjax.optimize` from
+    The primal is the damped Newton iteration of :mod:`mixedjax.optim` from
     ``theta0`` (rectified to lme4's signs); the derivative with respect to ``A`` is
     the implicit-function-theorem rule of the module docstring (``theta0`` only
     chooses the starting point and gets no derivative).
@@ -269,14 +234,17 @@ def _optimum_jvp(reml, max_iter, zero_tol, primals, tangents):
     return (theta, conv), (dtheta, jnp.zeros_like(conv))
 
 
-def params_at(theta, A: pls.PLSArrays, reml: bool, p: int, converged=1.0) -> FitParams:
-    """:class:`FitParams` at ``theta`` for the arrays ``A`` (real p fixed effects)."""
-    sol = pls.solve(theta, A, reml)
-    qr = A.structure.q_rest
-    Lx = sol.Lr[qr:qr + p, qr:qr + p]
-    Linv = jax.scipy.linalg.solve_triangular(Lx, jnp.eye(p), lower=True)
-    return FitParams(beta=sol.beta[:p], theta=theta, sigma=sol.sigma, objective=sol.objective,
-                     vcov=sol.sigma ** 2 * (Linv.T @ Linv),
+def params_at(theta, A: Blocks, reml: bool, p: int, converged=1.0) -> FitParams:
+    """:class:`FitParams` at ``theta`` for the blocks ``A``."""
+    from .batchfit import summary_at
+    be = jax_backend()
+    F = factor.factorize(theta, A, be)
+    sol = factor.solve(F, A, be)
+    sigma, _ = summary_at(sol, A, reml)
+    Li = be.tri_inv(jnp.tril(sol.rxx))
+    return FitParams(beta=sol.beta[:p], theta=theta, sigma=sigma,
+                     objective=from_factor(F, A, reml, be),
+                     vcov=sigma ** 2 * factor.back_vcov(A.rx, Li.T @ Li, be),
                      converged=jnp.asarray(converged, jnp.float64))
 
 
@@ -317,7 +285,7 @@ class FitFunction:
         self.coef_names = list(d.xnames)
         self.theta_names = model.theta_names
         self.template = model.arrays
-        self.layout = make_layout(d, model.arrays, model.pad)
+        self.layout = make_layout(model)
         self.theta0 = jnp.asarray(theta0, jnp.float64)
         self.max_iter = int(max_iter)
         self.zero_tol = float(zero_tol)
@@ -339,8 +307,8 @@ class FitFunction:
                              f"({self.theta_names}), got shape {theta.shape}")
         return _params(theta, _rebuild(self.layout, self.template, y, X, w), self.reml, self.p)
 
-    def arrays(self, y, X=None, weights=None) -> pls.PLSArrays:
-        """The :class:`~mixedjax.pls.PLSArrays` of (y, X, weights) (see
+    def arrays(self, y, X=None, weights=None) -> Blocks:
+        """The :class:`~mixedjax.crossprod.Blocks` of (y, X, weights) (see
         :func:`rebuild_arrays`)."""
         y, X, w = self._inputs(y, X, weights)
         return _rebuild(self.layout, self.template, y, X, w)

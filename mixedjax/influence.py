@@ -64,9 +64,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import fitfn, pls
+from . import factor, fitfn
 from ._warn import warn_user
-from .model import rectify
+from .backend import jax_backend
+from .compiled import value_grad_hess
+from .criterion import objective
+from .crossprod import Blocks
+from .structure import rectify_theta
 
 __all__ = ["Influence", "influence", "hatvalues", "hat_values", "METHODS"]
 
@@ -119,49 +123,42 @@ class Influence:
 # Hat values at fixed theta and the fitted values as a function of theta
 # ----------------------------------------------------------------------------------
 @jax.jit
-def hat_values(L: fitfn.Layout, A: pls.PLSArrays, theta, X, w):
+def hat_values(L: fitfn.Layout, A: Blocks, theta, X, w):
     """Diagonal of the hat matrix d(fitted)/dy at fixed theta (lme4's ``hatvalues``).
 
-    h_i = w_i c_i' M^-1 c_i, c_i = [Lambda' z_i; x_i], M = [[Lambda'Z'WZ Lambda + I,
-    Lambda'Z'WX], [X'WZ Lambda, X'WX]] (module docstring).  With the blocked factor
-    L = [[L11, 0], [W', L_A]] of M, L^-1 sqrt(w_i) c_i = [v1; L_A^-1 (c2 - W' v1)]
-    where v1 = L11_a^-1 Lambda0' z0_i sqrt(w_i) lives in the row's first-term level a.
+    h_i = a_i' M_A^-1 a_i with a_i = sqrt(w_i) [Lambda' z_i; x_i] in the factor's
+    coordinates (X in the stable basis of ``A``), from the blocked factor
+    (:func:`mixedjax.factor.row_norms`).
     """
+    be = jax_backend()
     s = A.structure
-    F = pls.factor(theta, A)
-    lams = pls.theta_to_lambdas(theta, s)
-    m0, k0, qr, p = s.m[0], s.k[0], s.q_rest, s.p
-    sw = jnp.sqrt(w)
-    c1 = (L.z0 @ lams[0]) * sw[:, None]
-    v1 = pls._forward_small(F.L11[L.codes0], c1[:, :, None])[..., 0]            # (n, k0)
-    wz = jnp.zeros((m0, qr, k0))
-    if qr:
-        wz = wz.at[A.ent_a, A.ent_c].add(F.w_ent)
-    wz = wz.swapaxes(1, 2)
-    w_all = jnp.concatenate([wz, F.w_xy[..., :p]], axis=-1)                      # (m0, k0, qr+p)
-    Wv1 = jnp.einsum("nk,nkj->nj", v1, w_all[L.codes0])
-    zr = jnp.zeros((len(w), qr)).at[jnp.arange(len(w))[:, None], L.rest_cols].add(L.rest_z)
-    Xp = jnp.pad(X, ((0, 0), (0, p - X.shape[1])))
-    c2 = jnp.concatenate([zr, Xp], axis=1) * sw[:, None]
-    # Later terms' columns, in c2 and in the stored entries W', are scaled by
-    # Lambda_rest on the right.
-    D = pls._scale_rest(c2 - Wv1, lams, s, "right")
-    LA = jnp.linalg.cholesky(F.S[:-1, :-1])
-    T = jax.scipy.linalg.solve_triangular(LA, D.T, lower=True)
-    return jnp.sum(v1 ** 2, axis=1) + jnp.sum(T ** 2, axis=0)
+    rows = L.rows
+    F = factor.factorize(theta, A, be)
+    sw = fitfn._sqrt_weights(w)
+    n = w.shape[0]
+    q = jax.scipy.linalg.solve_triangular(A.rx, (X * sw[:, None]).T, trans="T",
+                                          lower=False).T                     # X R^-1
+    a0 = (rows.z0 * sw[:, None]) @ F.lams[0]
+    parts = []
+    if s.n_cl:
+        mid = jnp.zeros((n, s.n_cl * s.s)).at[jnp.arange(n)[:, None], rows.mid_pos].add(
+            rows.mid_z * sw[:, None])
+        parts.append(factor.scale_cols(mid.reshape(n, s.n_cl, s.s), F.lams, s.middle_segments,
+                                       jnp).reshape(n, -1))
+    if s.q_border:
+        bor = jnp.zeros((n, s.q_border)).at[jnp.arange(n)[:, None], rows.bor_pos].add(
+            rows.bor_z * sw[:, None])
+        parts.append(factor.scale_cols(bor, F.lams, s.border_segments, jnp))
+    parts.append(q)
+    return factor.row_norms(F, A, rows.codes0, a0, jnp.concatenate(parts, axis=1), be)
 
 
-def fitted_at(theta, L: fitfn.Layout, A: pls.PLSArrays, X, reml: bool):
+def fitted_at(theta, L: fitfn.Layout, A: Blocks, X, reml: bool):
     """Fitted values X beta + Z Lambda u (plus offset) at ``theta``."""
-    s = A.structure
-    sol = pls.solve(theta, A, reml)
-    lams = pls.theta_to_lambdas(theta, s)
-    b0 = sol.u0 @ lams[0].T
-    eta = X @ sol.beta[:X.shape[1]] + jnp.sum(L.z0 * b0[L.codes0], axis=1) + L.offset
-    if s.q_rest:
-        b_rest = pls._scale_rest(sol.u_rest[None, :], [lam.T for lam in lams], s, "right")[0]
-        eta = eta + jnp.sum(L.rest_z * b_rest[L.rest_cols], axis=1)
-    return eta
+    be = jax_backend()
+    F = factor.factorize(theta, A, be)
+    sol = factor.solve(F, A, be)
+    return factor.fitted(F, sol, A, L.rows, X, L.offset, jnp)
 
 
 @functools.partial(jax.jit, static_argnames=("reml",))
@@ -203,13 +200,12 @@ def _newton_refits(L, template, theta, y, X, W, *, reml, p, zero_tol, steps):
         A = fitfn.rebuild_arrays(L, template, y, X, w)
 
         def step(_, th):
-            g = jax.grad(pls.objective)(th, A, reml)
-            H = jax.hessian(pls.objective)(th, A, reml)
+            _, g, H = value_grad_hess(objective, th, A, reml)
             return th + _newton_step(H, g, mask)
 
         # A loop, not unrolled: one copy of the derivatives to compile.
         th = jax.lax.fori_loop(0, steps, step, theta)
-        return fitfn.params_at(rectify(th, template.structure), A, reml, p)
+        return fitfn.params_at(rectify_theta(th, template.structure, jnp), A, reml, p)
 
     return jax.vmap(one)(W)
 

@@ -212,7 +212,8 @@ def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton"
     """
     xp = drv.xp
     bfgs = method == "bfgs"
-    dtol = 1e-3 * gtol if dtol is None else dtol
+    if dtol is None:
+        dtol = 1e-3 * gtol if bfgs else 1e-12 * gtol
     x0 = xp.asarray(x0, dtype=xp.float64)
     n = x0.shape[0]
     H0 = xp.eye(n) if hess0 is None else xp.asarray(hess0, dtype=xp.float64)
@@ -255,12 +256,19 @@ def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton"
     return drv.loop(lambda s: s.status == -1, body, state)
 
 
-def record(s, hess, gtol: float, drv: Driver) -> OptResult:
+def final_status(status, converged, xp=np):
+    """Past the convergence test, a stop on a tiny step, at round-off or at the
+    iteration limit is reported as the test met (status 0)."""
+    return xp.where(converged & (status >= 1) & (status <= 3), 0, status)
+
+
+def record(s, hess, gtol: float, drv: Driver, final: bool = True) -> OptResult:
     """The :class:`OptResult` of a finished loop, with ``hess`` the Hessian at the
-    final point for the convergence test (module docstring)."""
+    final point for the convergence test (module docstring); ``final=False`` keeps
+    the loop's own status (a batched run continued in pieces maps it at the end)."""
     xp = drv.xp
     conv, _ = final_test(s.g, hess, gtol, drv)
-    status = xp.where(conv & (s.status == 3), 0, s.status)
+    status = final_status(s.status, conv, xp) if final else s.status
     return OptResult(x=s.x, fun=s.f, grad=s.g, hess=hess, iterations=s.it,
                      fun_evals=s.nfev, status=status, converged=conv)
 
@@ -355,17 +363,16 @@ def minimize_bfgs_eager(value_grad: Callable, x0, log_mask=None, hess0=None,
     grad = lambda xx: value_grad(xx)[1]
     H = fd_hessian(grad, x, g)
     nfev += n
-    _, dec, _ = direction(g, H, np.inf, EAGER)
-    if dec <= 1e-3 * gtol:
-        status = 0
-    elif it >= max_iter:
+    if it >= max_iter and not direction(g, H, np.inf, EAGER)[1] <= 1e-3 * gtol:
         status = 3
     elif np.all(np.isfinite(g)):
-        # Newton steps with the difference Hessian, updated by BFGS; after one or
-        # two short steps the curvature has not changed beyond the difference
-        # Hessian's own error, so it stays the record.
+        # Newton steps with the difference Hessian, updated by BFGS, to round-off:
+        # the first step alone takes the gradient down by the difference Hessian's
+        # relative error (~1e-5).  After one or two short steps the curvature has not
+        # changed beyond that error, so the difference Hessian stays the record.
         s = minimize(lambda xx: (*value_grad(xx), None), x, EAGER, "bfgs",
-                     hess0=_modified_inverse(H), max_iter=max_iter - it, gtol=gtol)
+                     hess0=_modified_inverse(H), max_iter=max(max_iter - it, 1), gtol=gtol,
+                     dtol=0.0)
         x, f, g = s.x, float(s.f), s.g
         it, nfev, status = it + int(s.it), nfev + int(s.nfev), int(s.status)
         if int(s.it) > 2:

@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import pls
+from .backend import jax_backend
+from .crossprod import with_response
 from .batch import chunk_size_for, fit_responses, fit_spec
 from .model import LMM
 from .simparams import Simulator, as_key, check_nsim, resolve_params
@@ -180,7 +181,7 @@ def _satterthwaite_p(theta, Y, A, R, L, reml, sequential):
 
     def one(args):
         th, y = args
-        return contest(pieces(th, pls.with_response(A, R, y), reml), L).p_value
+        return contest(pieces(th, with_response(A, R, y, jax_backend()), reml), L).p_value
 
     if sequential:
         return jax.lax.map(one, (theta, Y))

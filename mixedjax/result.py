@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 import patsy
 
-from . import layout
-from .analytic import lambdas_np
+from . import factor
+from .backend import NUMPY
+from .criterion import condvar, dof
+from .optim import STATUS
+from .structure import diagonal_mask, lambdas, per_term, per_term_blocks
 
 if TYPE_CHECKING:
     from .summary import Summary
@@ -24,12 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["LMMResult"]
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on theta's diagonal elements
-
-# Newton ends with status 0 at a zero gradient, BFGS also once Newton's decrement
-# with the difference Hessian is below tolerance.
-_STATUS = {0: "gradient test met", 1: "step below tolerance",
-           2: "line search cannot decrease the objective further (round-off level)",
-           3: "iteration limit reached"}
 
 
 class LMMResult:
@@ -39,13 +36,13 @@ class LMMResult:
         self.model = model
         self._design = model.design
         s = model.structure
-        d = self._design
-        p = d.p
+        p = self._design.p
         self.reml = model.reml
         self.theta = np.asarray(out.theta, dtype=np.float64)
         sol = out.solution
-        self.sigma = float(sol.sigma)
-        self.objective = float(sol.objective)
+        nu = float(dof(model.blocks, model.reml, np))
+        self.sigma = float(np.sqrt(sol.pwrss / nu))
+        self.objective = float(out.objective)
         self._beta = np.asarray(sol.beta)[:p]
         self._sol = sol
         opt = out.opt
@@ -56,18 +53,19 @@ class LMMResult:
                           else "Newton (exact Hessian)"),
             "iterations": int(opt.iterations),
             "fun_evals": int(opt.fun_evals),
-            "grad_max": float(np.max(np.abs(opt.grad))) if opt.grad.size else 0.0,
+            "grad_max": float(np.max(np.abs(opt.grad))) if np.size(opt.grad) else 0.0,
             "hessian_min_eigenvalue": float(evals[0]) if evals.size else float("nan"),
             "converged": self.converged,
             "status": int(opt.status),
-            "message": _STATUS.get(int(opt.status), "unknown"),
+            "message": STATUS.get(int(opt.status), "unknown"),
             "theta0": np.asarray(theta0, dtype=np.float64),
             "theta_raw": np.asarray(opt.x),
             "seconds": elapsed,
         }
         # Relative covariance factors and spherical random effects, per term.
-        self._lambdas = lambdas_np(self.theta, s)
-        self._u = self._split_u(np.asarray(sol.u0), np.asarray(sol.u_rest))
+        self._lambdas = lambdas(self.theta, s)
+        self._u = per_term(np.asarray(sol.u0), None if sol.u_mid is None else np.asarray(sol.u_mid),
+                           np.asarray(sol.u_border), s, model.placement)
 
     # -- basic quantities ------------------------------------------------------------
     @property
@@ -119,8 +117,7 @@ class LMMResult:
     @property
     def singular(self) -> bool:
         """True when a variance or a covariance factor is (numerically) singular."""
-        lower = layout.lower_bounds(self.model.structure)
-        diag = np.isfinite(lower)
+        diag = diagonal_mask(self.model.structure)
         return bool(np.any(np.abs(self.theta[diag]) < SINGULAR_TOL))
 
     # -- fixed effects ---------------------------------------------------------------
@@ -130,12 +127,12 @@ class LMMResult:
 
     @functools.cached_property
     def vcov(self) -> pd.DataFrame:
-        """sigma^2 (R_X' R_X)^-1 (JSS eq. 54)."""
-        s = self.model.structure
-        qr, p = s.q_rest, self._design.p
-        Lx = np.asarray(self._sol.Lr)[qr:qr + p, qr:qr + p]
-        Linv = np.linalg.solve(np.tril(Lx), np.eye(p)) if p else np.zeros((0, 0))
-        V = self.sigma ** 2 * (Linv.T @ Linv)
+        """sigma^2 (R_X' R_X)^-1 (JSS eq. 54), mapped from the stable basis."""
+        p = self._design.p
+        Rxx = np.asarray(self._sol.rxx)
+        Linv = NUMPY.tri_inv(np.tril(Rxx)) if p else np.zeros((0, 0))
+        V = factor.back_vcov(np.asarray(self.model.blocks.rx),
+                             self.sigma ** 2 * (Linv.T @ Linv), NUMPY)
         names = self._design.xnames
         return pd.DataFrame(V, index=names, columns=names)
 
@@ -145,17 +142,6 @@ class LMMResult:
                          name="Std. Error")
 
     # -- random effects --------------------------------------------------------------
-    def _split_u(self, u0, u_rest):
-        s = self.model.structure
-        terms = self._design.terms
-        out = [u0[:terms[0].nlevels]]
-        start = 0
-        for t, k, m in zip(terms[1:], s.k[1:], s.m[1:]):
-            blk = u_rest[start:start + k * m].reshape(m, k)
-            out.append(blk[:t.nlevels])
-            start += k * m
-        return out
-
     @functools.cached_property
     def _b(self) -> list[np.ndarray]:
         """Random effects b = Lambda u per term, (levels, k)."""
@@ -183,7 +169,9 @@ class LMMResult:
         Per grouping factor an array (levels, k, k): sigma^2 Lambda
         [(Lambda'Z'Z Lambda + I)^-1]_{level block} Lambda', lme4's ``condVar``.
         """
-        blocks = _condvar_blocks(self.model.arrays, self.theta)
+        m = self.model
+        with np.errstate(invalid="ignore", divide="ignore"):
+            blocks = per_term_blocks(*condvar(self.theta, m.blocks), m.structure, m.placement)
         out: dict[str, list] = {}
         for t, blk, lam in zip(self._design.terms, blocks, self._lambdas):
             cv = self.sigma ** 2 * (lam @ np.asarray(blk)[:t.nlevels] @ lam.T)
@@ -452,62 +440,3 @@ def _terms_in_re_form(re_form, terms) -> list[bool]:
             raise ValueError(f"re_form names random terms not in the model: {sorted(unknown)}")
         return include
     raise TypeError("re_form must be None or a formula string such as '~0'")
-
-
-# The conditional variances need the diagonal blocks of (Lambda'Z'Z Lambda + I)^-1.
-# With the blocked factor [[L11, 0], [W_Z', L_ZZ]] and P = (L_ZZ L_ZZ')^-1 these are
-#   first term, level a:  L11_a^-T (I + W_a P W_a') L11_a^-1
-#   later terms:          the diagonal blocks of P.
-def _condvar_blocks_traced(A, theta):
-    import jax
-    import jax.numpy as jnp
-
-    from . import pls
-
-    s = A.structure
-    F = pls.factor(theta, A)
-    qr = s.q_rest
-    k0, m0 = s.k[0], s.m[0]
-    eye = jnp.broadcast_to(jnp.eye(k0), (m0, k0, k0))
-    Linv11 = pls._forward_small(F.L11, eye)                       # L11^-1
-    blocks = []
-    if qr:
-        Lzz = jnp.linalg.cholesky(F.S[:qr, :qr])
-        Li = jax.scipy.linalg.solve_triangular(Lzz, jnp.eye(qr), lower=True)
-        P = Li.T @ Li
-        # The stored entries w_ent are unscaled by Lambda_rest: W P W' needs
-        # Lambda_rest P Lambda_rest'.
-        lams = pls.theta_to_lambdas(theta, s)
-        PL = pls._scale_rest(pls._scale_rest(P, [l.T for l in lams], s, "right"),
-                             [l.T for l in lams], s, "left")
-        if s.dense_w:
-            Wd = pls.dense_w(F.w_ent, A).reshape(m0, k0, qr)
-            wpw = jnp.einsum("akq,qr,alr->akl", Wd, PL, Wd)
-        else:
-            # Unordered pairs: i < j stands for (i, j) and (j, i).
-            outer = F.w_ent[A.pair_i][:, :, None] * F.w_ent[A.pair_j][:, None, :]
-            outer = outer * PL[A.ent_c[A.pair_i], A.ent_c[A.pair_j]][:, None, None]
-            mirror = (A.pair_i != A.pair_j)[:, None, None]
-            wpw = jax.ops.segment_sum(outer + jnp.where(mirror, jnp.swapaxes(outer, 1, 2), 0.0),
-                                      A.ent_a[A.pair_i], num_segments=m0)
-        first = jnp.swapaxes(Linv11, -1, -2) @ (eye + wpw) @ Linv11
-        blocks.append(first)
-        start = 0
-        for k, m in zip(s.k[1:], s.m[1:]):
-            idx = start + jnp.arange(m)[:, None] * k + jnp.arange(k)[None, :]
-            blocks.append(P[idx[:, :, None], idx[:, None, :]])
-            start += k * m
-    else:
-        blocks.append(jnp.swapaxes(Linv11, -1, -2) @ Linv11)
-    return blocks
-
-
-@functools.cache
-def _condvar_blocks_jit():
-    import jax
-    return jax.jit(_condvar_blocks_traced)
-
-
-def _condvar_blocks(A, theta):
-    import jax
-    return _condvar_blocks_jit()(A, jax.device_put(np.asarray(theta, np.float64)))

@@ -31,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import pls
-from .analytic import lambdas_np
+from .structure import Structure, bucket, lambdas, tril_indices
 
 __all__ = ["SimParams", "resolve_params", "term_names", "as_key", "check_nsim",
            "SimDesign", "sim_design", "Simulator"]
@@ -81,7 +80,7 @@ def term_names(terms) -> list[str]:
     return names
 
 
-def resolve_params(design, structure: pls.Structure, params, fitted: SimParams | None = None
+def resolve_params(design, structure: Structure, params, fitted: SimParams | None = None
                    ) -> SimParams:
     """Parameters from ``params`` (a dict, see the module docstring) over ``fitted``.
 
@@ -242,7 +241,7 @@ def _theta_block(cov, sigma, name):
         raise ValueError(f"the covariance matrix of {name!r} is not positive semi-definite "
                          f"(smallest eigenvalue {evals[0]:.3g})")
     lam = _psd_cholesky(cov / sigma ** 2)
-    rows, cols = pls._tril_indices(cov.shape[0])
+    rows, cols = tril_indices(cov.shape[0])
     return lam[rows, cols]
 
 
@@ -317,14 +316,14 @@ class Simulator:
     ask for increasing ranges of replicates.
     """
 
-    def __init__(self, design, structure: pls.Structure, params: SimParams, key, n_pad: int):
+    def __init__(self, design, structure: Structure, params: SimParams, key, n_pad: int):
         self.key = key
         self.n = design.n
         self.n_pad = n_pad
         self.S, self.levels = sim_design(design, n_pad)
         self.beta = jnp.asarray(params.beta)
         self.lams = tuple(jnp.asarray(lam) for lam in
-                          lambdas_np(np.asarray(params.theta, np.float64), structure))
+                          lambdas(np.asarray(params.theta, np.float64), structure))
         self.sigma = jnp.asarray(params.sigma)
         self.block = int(min(1024, 2 ** max(int(np.log2(max(2 ** 24 // n_pad, 1))), 0)))
         self._cache: dict[int, np.ndarray] = {}

@@ -13,7 +13,7 @@
   likelihood-ratio test (pbkrtest's ``PBmodcomp``).
 
 A refit needs only Z'y, X'y and y'y of the new response
-(:func:`mixedjax.pls.with_response`, one O(n) pass); the fits themselves run in
+(:func:`mixedjax.crossprod.with_response`, one O(n) pass); the fits themselves run in
 :mod:`mixedjax.batchfit` and :mod:`mixedjax.batch` (chunks, devices, progress).
 Parameters for simulation are described in :mod:`mixedjax.simparams`.
 """
@@ -26,7 +26,7 @@ import functools
 import numpy as np
 import pandas as pd
 
-from . import pls
+from .structure import Structure, bucket, diagonal_mask, tril_indices
 from ._warn import warn_user
 from .batch import fit_responses, fit_spec
 from .inference.params import sdcor_names
@@ -71,7 +71,7 @@ def simulate(result, nsim: int = 1, key=None, params=None, use_u: bool = False) 
     if use_u:
         return _simulate_conditional(result, p, key, nsim)
     # Rows padded as in the batched fits, so both share one compiled draw.
-    sim = Simulator(model.design, model.structure, p, key, pls.bucket(model.design.n))
+    sim = Simulator(model.design, model.structure, p, key, bucket(model.design.n))
     return sim(np.arange(nsim))[:, :model.design.n]
 
 
@@ -123,7 +123,7 @@ def simulate_design(formula: str, data: pd.DataFrame, params: dict, nsim: int = 
     nsim = check_nsim(nsim)
     model = planning_model(formula, data, weights=weights, offset=offset)
     p = resolve_params(model.design, model.structure, params, None)
-    sim = Simulator(model.design, model.structure, p, as_key(key), pls.bucket(model.design.n))
+    sim = Simulator(model.design, model.structure, p, as_key(key), bucket(model.design.n))
     return sim(np.arange(nsim))[:, :model.design.n]
 
 
@@ -182,12 +182,12 @@ def refit_many(result, Y, chunk_size: int | None = None, max_iter: int = 100,
     return BatchResult(model, fits, rows)
 
 
-def sdcor_matrix(theta: np.ndarray, sigma: np.ndarray, structure: pls.Structure) -> np.ndarray:
+def sdcor_matrix(theta: np.ndarray, sigma: np.ndarray, structure: Structure) -> np.ndarray:
     """(nsim, ntheta + 1) standard deviations and correlations per term, then sigma
     (the vectorized form of :func:`mixedjax.inference.params.theta_to_sdcor`)."""
     cols, start = [], 0
     for k in structure.k:
-        rows_, cols_ = pls._tril_indices(k)
+        rows_, cols_ = tril_indices(k)
         lam = np.zeros((theta.shape[0], k, k))
         lam[:, rows_, cols_] = theta[:, start:start + len(rows_)]
         start += len(rows_)
@@ -227,7 +227,7 @@ class BatchResult:
         self.converged = fits["converged"].astype(bool)
         self.iterations = fits["iterations"]
         self.status = fits["status"]
-        diag = np.isfinite(pls.lower_bounds(model.structure))
+        diag = diagonal_mask(model.structure)
         self.singular = np.any(np.abs(self.theta[:, diag]) < SINGULAR_TOL, axis=1)
 
     def __len__(self) -> int:
@@ -276,8 +276,7 @@ class BatchResult:
         if frame is not None and d.response_name in frame.columns:
             frame = frame.assign(**{d.response_name: y})
         design = dataclasses.replace(d, y=y, frame=frame)
-        model = LMM(design, reml=self.model.reml, pad=self.model.pad,
-                    data_name=self.model.data_name)
+        model = LMM(design, reml=self.model.reml, data_name=self.model.data_name)
         return model.fit(theta0=self.theta[j])
 
     __getitem__ = result

@@ -50,7 +50,7 @@ def _model(name, reml=True, stable=True):
     formula, kw = FAMILIES[name]
     d = make_design(formula, _data(), **kw)
     s, place = structure.analyze(d.terms, d.p)
-    A, R = crossprod.build(d.terms, d.X, d.y, s, place, d.weights, d.offset, stable)
+    A, _, _ = crossprod.build(d.terms, d.X, d.y, s, place, d.weights, d.offset, stable)
     return d, A, place
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mixedjax
-from mixedjax import pls
+from mixedjax import crossprod, structure
 
 MODELS = {
     "sleepstudy": ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
@@ -112,7 +112,7 @@ def test_x_and_weight_derivatives_match_finite_differences(sleep):
 
 
 def test_arrays_equal_build_arrays(case):
-    """The jnp rebuild of the cross-products equals pls.build_arrays (numpy)."""
+    """The jnp rebuild of the cross-products equals crossprod.build (numpy)."""
     _, fit, f = case
     d = fit.model.design
     rng = np.random.default_rng(1)
@@ -120,7 +120,8 @@ def test_arrays_equal_build_arrays(case):
     X = d.X + 0.1 * rng.normal(size=d.X.shape)
     w = 0.3 + rng.uniform(size=d.n)
     A = f.arrays(y, X, w)
-    B = pls.build_arrays(d.terms, X, y, pad=fit.model.pad, weights=w, offset=d.offset)
+    B = crossprod.build(d.terms, X, y, fit.model.structure, fit.model.placement, weights=w,
+                        offset=d.offset)[0]
     for name in B.fields:
         a, b = np.asarray(getattr(A, name)), np.asarray(getattr(B, name))
         assert a.shape == b.shape, name
@@ -145,8 +146,7 @@ def test_arrays_with_offset_and_weights(sleepstudy):
 def _dense_gls_derivative(fit, theta, w):
     """(X'V^-1 X)^-1 X'V^-1 with V = Z Lambda Lambda' Z' + W^-1, formed densely."""
     d = fit.model.design
-    lams = [np.asarray(lam) for lam in pls.theta_to_lambdas(jnp.asarray(theta),
-                                                              fit.model.structure)]
+    lams = structure.lambdas(np.asarray(theta, float), fit.model.structure)
     V = np.diag(1.0 / w)
     for t, lam in zip(d.terms, lams):
         Z = np.zeros((d.n, t.nlevels * t.k))

@@ -29,7 +29,8 @@ import pytest
 
 import mixedjax
 from conftest import LME4, REF, case_data, reference_fit
-from mixedjax import pls
+from mixedjax.backend import jax_backend
+from mixedjax.crossprod import with_response
 from mixedjax.inference import hypotheses, kenward_roger, tables, terms
 from mixedjax.inference.satterthwaite import satterthwaite_test
 
@@ -311,7 +312,8 @@ def test_satterthwaite_test_vmaps_over_refits():
     fits = [mixedjax.lmer("Reaction ~ Days + (Days | Subject)", sleep.assign(Reaction=y))
             for y in ys]
     R = base.model.response_map
-    arrays = jax.vmap(pls.with_response, (None, None, 0))(base.model.arrays, R, jnp.asarray(ys))
+    arrays = jax.vmap(lambda y: with_response(base.model.arrays, R, y, jax_backend()))(
+        jnp.asarray(ys))
     thetas = jnp.asarray(np.stack([f.theta for f in fits]))
     L = jnp.array([[0.0, 1.0], [1.0, -20.0]])
     batched = jax.vmap(satterthwaite_test, in_axes=(0, 0, None, None))(thetas, arrays, True, L)

@@ -12,18 +12,23 @@ import pandas as pd
 import pytest
 
 import mixedjax
-from mixedjax import layout, pls
-from mixedjax.model import fit_arrays
+from mixedjax import criterion, crossprod, structure
+from mixedjax.compiled import fit_arrays
 
 from conftest import CASES, EXTRA, case_data
 
 FIXED = EXTRA["fixed_theta"]
 
 
-def _model(case: str, reml: bool, pad: bool = True):
+def _model(case: str, reml: bool):
     spec = CASES[case]
     df = case_data(spec["data"], spec["factors"].split(","))
-    return mixedjax.LMM.from_formula(spec["formula"], df, reml=reml, pad=pad)
+    return mixedjax.LMM.from_formula(spec["formula"], df, reml=reml)
+
+
+def _blocks(design, stable=True):
+    s, place = structure.analyze(design.terms, design.p)
+    return crossprod.build(design.terms, design.X, design.y, s, place, stable=stable)[0]
 
 
 @pytest.mark.parametrize("case", sorted(FIXED))
@@ -53,7 +58,7 @@ def test_extra_models_at_start_theta(case):
 def dense_objective(theta, design, reml):
     n, p = design.X.shape
     blocks, lam_blocks = [], []
-    lams = [np.asarray(x) for x in pls.theta_to_lambdas(jnp.asarray(theta), _structure(design))]
+    lams = structure.lambdas(np.asarray(theta, float), _structure(design))
     for t, lam in zip(design.terms, lams):
         Zt = np.zeros((n, t.nlevels * t.k))
         for j in range(t.k):
@@ -84,7 +89,7 @@ def dense_objective(theta, design, reml):
 
 
 def _structure(design):
-    return pls.Structure(k=tuple(t.k for t in design.terms),
+    return structure.Structure(k=tuple(t.k for t in design.terms),
                          m=tuple(t.nlevels for t in design.terms), p=design.p)
 
 
@@ -119,13 +124,15 @@ DESIGNS = ["crossed", "nested", "partial", "vector_crossed", "three_terms"]
 def test_blocked_path_equals_dense(kind, reml):
     rng = np.random.default_rng(42)
     design = _random_design(rng, kind)
-    for pad in (True, False):
-        A = pls.build_arrays(design.terms, design.X, design.y, pad=pad)
+    for stable in (True, False):
+        A = _blocks(design, stable)
+        eager = criterion.EagerModel(A, reml)
+        Aj = crossprod.to_device(A)
         for _ in range(3):
             theta = rng.normal(size=A.structure.ntheta)
-            got = float(pls.objective(theta, A, reml))
             want = dense_objective(theta, design, reml)
-            assert got == pytest.approx(want, rel=1e-10, abs=1e-10)
+            assert float(criterion.objective(theta, Aj, reml)) == pytest.approx(want, rel=1e-10)
+            assert eager.value(theta) == pytest.approx(want, rel=1e-10)
 
 
 @pytest.mark.parametrize("case", ["penicillin_crossed", "pastes_nested", "machines_nested"])
@@ -152,12 +159,12 @@ def test_gradient_matches_finite_differences(case):
 
 def test_gradient_through_sparse_path_matches_finite_differences():
     design = _random_design(np.random.default_rng(3), "vector_crossed")
-    A = pls.build_arrays(design.terms, design.X, design.y)
+    A = crossprod.to_device(_blocks(design))
     theta = np.random.default_rng(4).normal(size=A.structure.ntheta)
-    g = np.asarray(jax.grad(pls.objective)(theta, A, True))
+    g = np.asarray(jax.grad(criterion.objective)(theta, A, True))
     h = 1e-5
-    fd = np.array([(float(pls.objective(theta + h * e, A, True))
-                    - float(pls.objective(theta - h * e, A, True))) / (2 * h)
+    fd = np.array([(float(criterion.objective(theta + h * e, A, True))
+                    - float(criterion.objective(theta - h * e, A, True))) / (2 * h)
                    for e in np.eye(len(theta))])
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6)
 
@@ -192,18 +199,11 @@ def test_vmap_and_jit_equal_loop(sleep_fit):
     looped = np.array([float(model.objective(t)) for t in thetas])
     vmapped = np.asarray(jax.vmap(model.objective)(thetas))
     jitted = np.asarray(jax.jit(jax.vmap(model.objective))(thetas))
-    pure = np.asarray(jax.jit(jax.vmap(pls.objective, (0, None, None)), static_argnums=2)(
+    pure = np.asarray(jax.jit(jax.vmap(criterion.objective, (0, None, None)))(
         thetas, model.arrays, True))
     np.testing.assert_allclose(vmapped, looped, rtol=1e-12)
     np.testing.assert_allclose(jitted, looped, rtol=1e-12)
     np.testing.assert_allclose(pure, looped, rtol=1e-12)
-
-
-def test_padding_does_not_change_the_criterion():
-    for case in ("sleepstudy_reml", "machines_nested", "oats_splitplot"):
-        m1, m2 = _model(case, True, pad=True), _model(case, True, pad=False)
-        theta = m1.initial_theta() * 0.7
-        assert float(m1.objective(theta)) == pytest.approx(float(m2.objective(theta)), rel=1e-12)
 
 
 def test_batched_fit_equals_single_fits(sleepstudy):
@@ -220,27 +220,7 @@ def test_batched_fit_equals_single_fits(sleepstudy):
     for i, y in enumerate(ys):
         single = mixedjax.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy.assign(Reaction=y))
         np.testing.assert_allclose(np.asarray(out.theta[i]), single.theta, rtol=1e-8, atol=1e-10)
-        assert float(out.solution.objective[i]) == pytest.approx(single.objective, rel=1e-12)
-
-
-@pytest.mark.parametrize("kind", ["crossed", "vector_crossed", "three_terms"])
-def test_dense_schur_update_equals_pair_lists(kind, monkeypatch):
-    """Designs with too many entry pairs use a dense W'W update: same criterion,
-    gradient and conditional variances."""
-    design = _random_design(np.random.default_rng(5), kind)
-    A_pairs = pls.build_arrays(design.terms, design.X, design.y)
-    monkeypatch.setattr(layout, "PAIR_LIMIT", 0)
-    A_dense = pls.build_arrays(design.terms, design.X, design.y)
-    assert A_dense.structure.dense_w and not A_pairs.structure.dense_w
-    theta = np.random.default_rng(6).normal(size=A_pairs.structure.ntheta)
-    for reml in (True, False):
-        assert float(pls.objective(theta, A_dense, reml)) == pytest.approx(
-            dense_objective(theta, design, reml), rel=1e-10)
-    np.testing.assert_allclose(jax.grad(pls.objective)(theta, A_dense, True),
-                               jax.grad(pls.objective)(theta, A_pairs, True), rtol=1e-9)
-    from mixedjax.result import _condvar_blocks
-    for a, b in zip(_condvar_blocks(A_dense, theta), _condvar_blocks(A_pairs, theta)):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        assert float(out.objective[i]) == pytest.approx(single.objective, rel=1e-12)
 
 
 @pytest.mark.parametrize("case", ["penicillin_crossed", "sleepstudy_reml"])

@@ -70,5 +70,6 @@ def test_variance_at_zero_starts_at_the_floor_and_reaches_the_boundary(optimizer
 def test_vector_valued_terms_start_at_lme4s_value():
     m = mixedjax.LMM.from_formula("Reaction ~ Days + (Days | Subject)",
                                   mixedjax.datasets.load("sleepstudy"))
-    assert moment_start(m.arrays_np) is None
+    assert moment_start(m.design.terms, np.zeros((m.design.n, 2)), np.ones(m.design.n),
+                        np.ones(m.design.n)) is None
     np.testing.assert_array_equal(m.start_theta(), m.initial_theta())

@@ -16,7 +16,7 @@ Three methods:
   here each bound is found by Newton's method on zeta, whose derivative is exact
   by the envelope theorem (d d_prof / dv is the partial derivative of the
   deviance in v at the constrained optimum), and the constrained optimum is
-  found by the damped Newton method of :mod:`mixedjax.optimize` with exact
+  found by the damped Newton method of :mod:`mixedjax.optim` with exact
   Hessians.
 * ``"wald"``: estimate -/+ qnorm((1 + level) / 2) * standard error for the fixed
   effects; NaN for the variance parameters, as lme4.
@@ -52,8 +52,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import pls
-from ..optimize import newton_minimize
+from .. import factor
+from ..backend import jax_backend
+from ..compiled import newton
+from ..criterion import parts
+from ..crossprod import Blocks
+from ..structure import Structure, tril_indices
 from .params import parameter_names, sdcor_names, sdcor_values
 
 __all__ = ["confint", "percent_labels", "profile_zeta"]
@@ -164,16 +168,16 @@ def _boot(result, names, level, nsim, key, boot_type):
 # ----------------------------------------------------------------------------------
 # Profile: pure JAX pieces
 # ----------------------------------------------------------------------------------
-def _kinds(structure: pls.Structure) -> np.ndarray:
+def _kinds(structure: Structure) -> np.ndarray:
     """_SD / _COR for each theta position (lme4's layout), then _SIGMA."""
     out = []
     for k in structure.k:
-        rows, cols = pls._tril_indices(k)
+        rows, cols = tril_indices(k)
         out.extend(np.where(rows == cols, _SD, _COR))
     return np.asarray(out + [_SIGMA])
 
 
-def sdcor_to_theta(s, structure: pls.Structure):
+def sdcor_to_theta(s, structure: Structure):
     """(sds and correlations per term, then sigma) -> (theta, sigma).
 
     Lambda = diag(sd) L_C / sigma with L_C the Cholesky factor of the term's
@@ -186,45 +190,67 @@ def sdcor_to_theta(s, structure: pls.Structure):
         if k == 1:
             parts.append(vals / sigma)
             continue
-        rows, cols = pls._tril_indices(k)
+        rows, cols = tril_indices(k)
         diag = rows == cols
         off_r, off_c = rows[~diag], cols[~diag]
         cor = vals[np.flatnonzero(~diag)]
         C = jnp.eye(k, dtype=s.dtype).at[off_r, off_c].set(cor).at[off_c, off_r].set(cor)
-        L = vals[np.flatnonzero(diag)][:, None] * pls._chol_small(C)
+        L = vals[np.flatnonzero(diag)][:, None] * jax_backend().chol(C)
         parts.append(L[rows, cols] / sigma)
     return jnp.concatenate(parts), sigma
 
 
-def ml_deviance(theta, sigma, A: pls.PLSArrays):
+def ml_deviance(theta, sigma, A: Blocks):
     """-2 log-likelihood at (theta, sigma) with beta at its conditional estimate
     (lme4's ``devfun2`` for linear mixed models)."""
-    logdet_z, _, pwrss = pls.criterion_parts(pls.factor(theta, A), A)
-    ldw = getattr(A, "ldw", 0.0)
-    return logdet_z - ldw + A.n * jnp.log(2.0 * math.pi * sigma ** 2) + pwrss / sigma ** 2
+    logdet_z, _, pwrss = parts(theta, A)
+    return logdet_z - A.ldw + A.n * jnp.log(2.0 * math.pi * sigma ** 2) + pwrss / sigma ** 2
 
 
-def fix_beta(A: pls.PLSArrays, jb, c) -> pls.PLSArrays:
-    """Arrays of the model with fixed effect ``jb`` held at ``c`` (unchanged for jb < 0).
+def fix_beta(A: Blocks, jb, c) -> Blocks:
+    """Blocks of the model with fixed effect ``jb`` held at ``c`` (unchanged for jb < 0).
 
-    Holding beta_j = c is fitting y - c x_j on X without column j: Z'y, X'y and
-    y'y take the offset, and column j becomes a padding column (unit diagonal,
-    no cross-products) that leaves the ML criterion unchanged.
+    In the stable basis (X = Q R, r = y - Q Q'y; :mod:`mixedjax.crossprod`),
+    beta_j = a'(beta~ + Q'y) with a = R^-T e_j, so holding beta_j = c holds the
+    coordinate u'beta~ = v, u = a / |a|, v = (c - a'Q'y) / |a|.  With a Householder
+    reflection H mapping e_1 to u, Q H = [Q u, Q U2]: the model is r - v Q u on the
+    columns Q U2.  So the X columns of the blocks are rotated by H, the first
+    becomes a padding column (unit diagonal, no cross-products: it leaves the ML
+    criterion unchanged), and the response parts take the shift: Z'y less v Z'Q u,
+    Q'y stays 0, y'y gains v^2.
     """
-    p = A.structure.p
+    s = A.structure
+    p, qb = s.p, s.q_border
     if p == 0:
         return A
     on = jb >= 0
     e = jnp.where(on, jax.nn.one_hot(jnp.maximum(jb, 0), p, dtype=jnp.float64), 0.0)
-    c = jnp.where(on, c, 0.0)
-    keep = 1.0 - e
-    xcol = A.xtx @ e
-    return A.replace(
-        b1x=A.b1x * keep, b1y=A.b1y - c * (A.b1x @ e),
-        rzx=A.rzx * keep, rzy=A.rzy - c * (A.rzx @ e),
-        xtx=A.xtx * keep[:, None] * keep[None, :] + jnp.diag(e),
-        xty=(A.xty - c * xcol) * keep,
-        yty=A.yty - 2.0 * c * (A.xty @ e) + c ** 2 * (e @ xcol))
+    a = jax.scipy.linalg.solve_triangular(A.rx, e, trans="T", lower=False)
+    na = jnp.sqrt(jnp.sum(a * a))
+    u = a / jnp.where(on, na, 1.0)
+    v = jnp.where(on, (c - a @ A.beta0) / jnp.where(on, na, 1.0), 0.0)
+    e1 = jnp.zeros(p).at[0].set(1.0)
+    w = e1 - u
+    ww = w @ w
+    H = jnp.where(on & (ww > 1e-30), jnp.eye(p) - 2.0 * jnp.outer(w, w) / jnp.where(ww > 0, ww, 1.0),
+                  jnp.eye(p))
+    keep = jnp.where(on, jnp.arange(p) > 0, True).astype(jnp.float64)
+    X = slice(qb, qb + p)
+    # Border columns [Z_b, Q, r]: rotate the Q columns, drop the first when held.
+    b0x = (A.b0[..., X] @ H) * keep
+    b0y = A.b0[..., -1] - v * (A.b0[..., X] @ H)[..., 0]
+    b0 = A.b0.at[..., X].set(b0x).at[..., -1].set(b0y)
+    abm = A.abm
+    if s.n_cl:
+        rot = jnp.einsum("ij,cis->cjs", H, A.abm[:, X, :])
+        abm = A.abm.at[:, X, :].set(rot * keep[None, :, None])
+        abm = abm.at[:, -1, :].set(A.abm[:, -1, :] - v * rot[:, 0, :])
+    zx = A.abb[:qb, X] @ H
+    abb = A.abb.at[:qb, X].set(zx * keep).at[X, :qb].set((zx * keep).T)
+    zy = A.abb[:qb, -1] - v * zx[:, 0]
+    yy = A.abb[-1, -1] + v * v
+    abb = abb.at[:qb, -1].set(zy).at[-1, :qb].set(zy).at[-1, -1].set(yy)
+    return A.replace(b0=b0, abm=abm, abb=abb)
 
 
 def _natural(y, kinds):
@@ -271,16 +297,15 @@ def _profile_point(y0, v, j, A) -> _Point:
     taken in forward mode.  beta-hat and its standard errors (sigma^2 (R_X'R_X)^-1,
     JSS eq. 54) at the optimum serve the ML estimates (``j = -1``).
     """
-    opt = newton_minimize(profile_objective, y0, v, j, A, max_iter=100)
+    opt = newton(profile_objective, y0, v, j, A, max_iter=100)
     _, ddv = jax.jvp(lambda w: profile_objective(opt.x, w, j, A), (v,), (jnp.ones_like(v),))
     s = A.structure
     theta, sigma = sdcor_to_theta(_natural(opt.x, _kinds(s)), s)
-    F = pls.factor(theta, A)
-    k = s.q_rest + s.p
-    (Sinv,) = pls.leading_inverses(F.S, (k,))
-    x = Sinv @ F.S[:k, -1]                      # [u_rest; beta-hat]
-    se = sigma * jnp.sqrt(jnp.diagonal(Sinv)[s.q_rest:])
-    return _Point(opt.fun, ddv, opt.x, opt.converged, opt.hess, x[s.q_rest:], se)
+    be = jax_backend()
+    sol = factor.solve(factor.factorize(theta, A, be), A, be)
+    Li = be.tri_inv(jnp.tril(sol.rxx))
+    se = sigma * jnp.sqrt(jnp.diagonal(factor.back_vcov(A.rx, Li.T @ Li, be)))
+    return _Point(opt.fun, ddv, opt.x, opt.converged, opt.hess, sol.beta, se)
 
 
 # ----------------------------------------------------------------------------------
@@ -405,7 +430,7 @@ def _feasible_start(y, v, j, kinds, structure) -> np.ndarray:
         pos = np.arange(sl.start, sl.stop)
         if k < 3 or j not in pos:
             continue
-        rows, cols = pls._tril_indices(k)
+        rows, cols = tril_indices(k)
         r_off, c_off, off = rows[rows != cols], cols[rows != cols], pos[rows != cols]
         held = off == j
         cor0 = np.tanh(y[off])
@@ -424,7 +449,7 @@ def _zero_sd_cor(s, structure) -> np.ndarray:
     """The correlations of ``s``, NaN where one of the two sds is 0 (as lme4)."""
     out = []
     for k, sl in zip(structure.k, structure.theta_slices):
-        rows, cols = pls._tril_indices(k)
+        rows, cols = tril_indices(k)
         vals = s[sl]
         sd = vals[rows == cols]
         for r, c, v in zip(rows, cols, vals):

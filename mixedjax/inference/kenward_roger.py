@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg as sla
 
-from .. import pls
+from ..structure import Structure, lambdas
 
 __all__ = ["KRPieces", "kr_pieces", "kr_test", "kr_contrast", "check_reml", "gls_at",
            "MAX_RANDOM_EFFECTS"]
@@ -120,7 +120,7 @@ def _cross_products(design, theta) -> _Blocks:
     ZX = np.zeros((q, X.shape[1]))
     np.add.at(ZX, cols.ravel(), (zv[:, :, None] * X[:, None, :]).reshape(-1, X.shape[1]))
     lam = np.zeros((q, q))
-    lams = pls.theta_to_lambdas(np.asarray(theta, np.float64), _structure(terms))
+    lams = lambdas(np.asarray(theta, np.float64), _structure(terms))
     for ix, lt in zip(idx, lams):
         lt = np.asarray(lt)
         rows = ix[:, :, None]
@@ -133,7 +133,7 @@ def _cross_products(design, theta) -> _Blocks:
 
 
 def _structure(terms):
-    return pls.Structure(k=tuple(t.k for t in terms), m=tuple(t.nlevels for t in terms), p=0)
+    return Structure(k=tuple(t.k for t in terms), m=tuple(t.nlevels for t in terms), p=0)
 
 
 def gls_at(design, theta, reml: bool = True):

@@ -23,7 +23,7 @@ import pandas as pd
 import patsy
 from scipy import stats
 
-from .. import pls
+from ..structure import lower_bounds, tril_indices
 from ..design import make_design, r_column_name
 
 __all__ = ["anova", "ranova", "refit_ml", "LRTTable", "REFIT_NOTE"]
@@ -40,8 +40,7 @@ def refit_ml(result):
     """
     from ..model import LMM
 
-    model = LMM(result.model.design, reml=False, pad=getattr(result.model, "pad", True),
-                data_name=result.model.data_name)
+    model = LMM(result.model.design, reml=False, data_name=result.model.data_name)
     return model.fit(theta0=_lift_start(result.theta, model.structure))
 
 
@@ -51,7 +50,7 @@ def _lift_start(theta, structure) -> np.ndarray:
     At a diagonal element of exactly 0 the criterion, even in it, has a zero
     derivative there, so a start on that boundary could not leave it.
     """
-    lower = pls.lower_bounds(structure)
+    lower = lower_bounds(structure)
     theta = np.asarray(theta, float).copy()
     diag = np.isfinite(lower)
     theta[diag] = np.maximum(np.abs(theta[diag]), 0.1)
@@ -63,7 +62,7 @@ def _start_from_fit(result, design) -> np.ndarray:
     (restricted to the term's columns), or lme4's default where there is none."""
     parts = []
     for t in design.terms:
-        rows, cols = pls._tril_indices(t.k)
+        rows, cols = tril_indices(t.k)
         start = (rows == cols).astype(float)
         for tf, lam in zip(result.model.design.terms, result._lambdas):
             if tf.group == t.group and set(t.cnames) <= set(tf.cnames):
@@ -402,8 +401,7 @@ def _refit_reduced(formula: str, result):
         if getattr(d, "offset", None) is not None:
             kwargs["offset"] = d.offset
         design = make_design(formula, d.frame, **kwargs)
-    model = LMM(design, reml=result.reml, pad=getattr(result.model, "pad", True),
-                data_name=result.model.data_name)
+    model = LMM(design, reml=result.reml, data_name=result.model.data_name)
     fit = model.fit(theta0=_lift_start(_start_from_fit(result, design), model.structure))
     if fit.nobs != result.nobs:
         raise ValueError("number of rows in use has changed in a reduced model: "

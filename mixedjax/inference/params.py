@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .. import pls
+from ..structure import Structure, lambdas, tril_indices
 
 __all__ = ["sdcor_names", "parameter_names", "theta_to_sdcor", "sdcor_values"]
 
@@ -30,7 +30,7 @@ def sdcor_names(terms) -> list[str]:
         count = seen.get(t.group_name, 0)
         seen[t.group_name] = count + 1
         grp = t.group_name if count == 0 else f"{t.group_name}.{count}"
-        rows, cols = pls._tril_indices(t.k)
+        rows, cols = tril_indices(t.k)
         for r, c in zip(rows, cols):
             if r == c:
                 names.append(f"sd_{t.cnames[r]}|{grp}")
@@ -45,17 +45,17 @@ def parameter_names(result) -> list[str]:
     return sdcor_names(result.model.design.terms) + list(result.fixef.index)
 
 
-def theta_to_sdcor(theta, sigma, structure: pls.Structure):
+def theta_to_sdcor(theta, sigma, structure: Structure):
     """(theta, sigma) -> vector of sds and correlations per term, then sigma.
 
     Pure jnp, so it vmaps over bootstrap replicates.  A zero standard deviation
     gives a NaN correlation, as lme4 reports it.
     """
     out = []
-    for lam in pls.theta_to_lambdas(jnp.asarray(theta, jnp.float64), structure):
+    for lam in lambdas(jnp.asarray(theta, jnp.float64), structure, jnp):
         cov = sigma ** 2 * lam @ lam.T
         sd = jnp.sqrt(jnp.diagonal(cov))
-        rows, cols = pls._tril_indices(lam.shape[0])
+        rows, cols = tril_indices(lam.shape[0])
         for r, c in zip(rows, cols):
             if r == c:
                 out.append(sd[r])

@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import stats
 from scipy.linalg import solve_triangular
+
+from .. import factor
+from ..backend import NUMPY
 
 __all__ = ["predict_interval"]
 
@@ -133,63 +136,40 @@ def _slice_rows(tr: _TermRows, sl: slice) -> _TermRows:
 
 
 def _quadratic_form_chunk(result, X, rows) -> np.ndarray:
-    s = result.model.structure
-    F = result._sol.factor
+    """a' M^-1 a for a chunk of rows (:func:`mixedjax.factor.row_norms`), with a in
+    the factor's coordinates: Lambda' z placed at each term's level columns (zero
+    where a term is predicted at 0), X in the stable basis."""
+    m = result.model
+    s, place, A = m.structure, m.placement, m.blocks
+    N = X.shape[0]
     lams = result._lambdas
-    k0, qr, pp = s.k[0], s.q_rest, s.p
-    N, p = X.shape
-    # First term: v1 = L11^-1 Lambda0' z per row, zero where it is predicted at 0.
     first = rows[0]
     known0 = first.included & (first.codes >= 0)
-    lev0 = np.where(known0, first.codes, 0)
-    v1 = np.zeros((N, k0))
+    level = np.where(known0, first.codes, 0)
+    a0 = np.zeros((N, s.k[0]))
     if np.any(known0):
-        rhs = (first.Z[known0] @ lams[0])[:, :, None]
-        v1[known0] = np.linalg.solve(np.asarray(F.L11)[lev0[known0]], rhs)[:, :, 0]
-    # Rest (Z_rest, then X): r2 = a2 - W' v1.
-    r2 = np.zeros((N, qr + pp))
-    r2[:, qr:qr + p] = X
-    r2[:, qr:] -= np.einsum("nkp,nk->np", np.asarray(F.w_xy)[lev0][:, :, :pp], v1)
-    if qr:
-        r2[:, :qr] = _rest_rows(result, rows, N) - _rest_coupling(result, lev0, v1)
-    LA = np.tril(np.asarray(result._sol.Lr)[:qr + pp, :qr + pp])
-    v2 = solve_triangular(LA, r2.T, lower=True)
-    return np.sum(v1 ** 2, axis=1) + np.sum(v2 ** 2, axis=0)
-
-
-def _rest_rows(result, rows, N) -> np.ndarray:
-    """Lambda_t' z of the later terms, placed at each row's level block."""
-    s = result.model.structure
-    out = np.zeros((N, s.q_rest))
-    offset = 0
-    for tr, lam, k, m in zip(rows[1:], result._lambdas[1:], s.k[1:], s.m[1:]):
+        a0[known0] = first.Z[known0] @ lams[0]
+    mid = np.zeros((N, s.n_cl * s.s))
+    bor = np.zeros((N, s.q_border))
+    starts = {t: st for t, st, _, _ in s.middle_segments + s.border_segments}
+    for t, (tr, lam) in enumerate(zip(rows, lams)):
+        if t == 0 or tr.Z is None:
+            continue
         known = tr.included & (tr.codes >= 0)
-        if np.any(known):
-            cols = offset + tr.codes[known][:, None] * k + np.arange(k)
-            out[np.flatnonzero(known)[:, None], cols] = tr.Z[known] @ lam
-        offset += k * m
-    return out
-
-
-def _rest_coupling(result, lev0, v1) -> np.ndarray:
-    """W_Z' v1 per row: the first term's coupling to the later terms' columns.
-
-    The factor stores the entries of L11^-1 Lambda0' Z0'Z_rest (per non-zero
-    (level, column) pair) before the later terms' Lambda is applied.
-    """
-    s = result.model.structure
-    A = result.model.arrays
-    w_ent = np.asarray(result._sol.factor.w_ent)
-    ent_a, ent_c = np.asarray(A.ent_a), np.asarray(A.ent_c)
-    N = len(lev0)
-    g = np.zeros((N, s.q_rest))
-    for kk in range(s.k[0]):
-        G = sparse.csr_matrix((w_ent[:, kk], (ent_a, ent_c)), shape=(s.m[0], s.q_rest))
-        g += G[lev0].multiply(v1[:, kk:kk + 1]).toarray()
-    # Apply Lambda_rest blockwise (g' Lambda_rest per row).
-    out, offset = np.empty_like(g), 0
-    for lam, k, m in zip(result._lambdas[1:], s.k[1:], s.m[1:]):
-        blk = g[:, offset:offset + k * m].reshape(N, m, k)
-        out[:, offset:offset + k * m] = (blk @ lam).reshape(N, m * k)
-        offset += k * m
-    return out
+        if not np.any(known):
+            continue
+        k, codes, idx = s.k[t], tr.codes[known], np.flatnonzero(known)
+        vals = tr.Z[known] @ lam                              # Lambda' z, (rows, k)
+        if t in s.middle:
+            base = place.cluster[t][codes] * s.s + starts[t] + place.slot[t][codes] * k
+            mid[idx[:, None], base[:, None] + np.arange(k)] = vals
+        else:
+            bor[idx[:, None], starts[t] + codes[:, None] * k + np.arange(k)] = vals
+    if X.shape[1]:
+        q = solve_triangular(A.rx, X.T, trans="T", lower=False).T      # X R^-1
+    else:
+        q = X
+    with np.errstate(invalid="ignore", divide="ignore"):
+        F = factor.factorize(result.theta, A, NUMPY)
+        return factor.row_norms(F, A, level, a0, np.concatenate([mid, bor, q], axis=1), NUMPY,
+                                coupling=m.coupling)

@@ -28,7 +28,7 @@ optimizer leaves (~1e-5), and ours are exact where theory gives integers (the
 oats split plot: 10 and 45).
 
 :func:`satterthwaite_test` is pure jnp with fixed shapes: it ``jax.jit``-s and
-``jax.vmap``-s over theta and (padded) :class:`~mixedjax.pls.PLSArrays`, for
+``jax.vmap``-s over theta and the blocks (:class:`~mixedjax.crossprod.Blocks`), for
 batched simulation studies.
 """
 
@@ -42,7 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import pls
+from .. import factor
+from ..backend import jax_backend
+from ..criterion import dof, parts, weights
+from ..crossprod import Blocks
 
 __all__ = ["SatterthwaiteTest", "Pieces", "satterthwaite_test", "varpar_deviance",
            "covbeta", "derivatives", "pieces", "fit_pieces", "contest", "HESSIAN_TOL"]
@@ -84,14 +87,15 @@ class Pieces(NamedTuple):
     sigma: jax.Array
 
 
-def varpar_deviance(phi, A: pls.PLSArrays, reml: bool = True):
+def varpar_deviance(phi, A: Blocks, reml: bool = True):
     """D(theta, sigma): the deviance (REML criterion) with sigma not profiled out.
 
     Equals lmerTest's ``devfun_vp`` (without the constant -sum log w of prior
-    weights); minimized over sigma it is the profiled criterion of :func:`pls.objective`.
+    weights); minimized over sigma it is the profiled criterion of
+    :func:`mixedjax.criterion.objective`.
     """
     theta, sigma = phi[:-1], phi[-1]
-    logdet_z, logdet_x, pwrss = pls.criterion_parts(pls.factor(theta, A), A)
+    logdet_z, logdet_x, pwrss = parts(theta, A)
     s2 = sigma ** 2
     dev = logdet_z + pwrss / s2 + A.n * jnp.log(2.0 * math.pi * s2)
     if reml:
@@ -99,20 +103,22 @@ def varpar_deviance(phi, A: pls.PLSArrays, reml: bool = True):
     return dev
 
 
-def covbeta(phi, A: pls.PLSArrays):
+def covbeta(phi, A: Blocks):
     """sigma^2 (R_X'R_X)^-1 as a function of phi = (theta, sigma) (lmerTest's
-    ``get_covbeta``), padded to ``A.structure.p``.
+    ``get_covbeta``).
 
-    (R_X'R_X)^-1 is the X block of the inverse of the leading [Z_rest, X] block of
-    the Schur complement S (the inverse of a Schur complement is a block of the
-    inverse), whose derivatives pls provides as matrix products.
+    (R_X'R_X)^-1 is the X block of the inverse of the leading [Z, X] block of M,
+    that is of the selected inverse with the weights of that block
+    (:func:`mixedjax.factor.inverse`), mapped from the stable basis.
     """
+    be = jax_backend()
     theta, sigma = phi[:-1], phi[-1]
     s = A.structure
-    qr, p = s.q_rest, s.p
-    S = pls.factor(theta, A).S
-    (inv,) = pls.leading_inverses(S, (qr + p,))
-    return sigma ** 2 * inv[qr:, qr:]
+    F = factor.factorize(theta, A, be)
+    w = weights(A, True, jnp, "zx")
+    G = factor.inverse(F, w.wm, w.wb, be)
+    X = slice(s.q_border, s.q_border + s.p)
+    return sigma ** 2 * factor.back_vcov(A.rx, G.Gbb[X, X], be)
 
 
 def _pinv_sym(H, tol=HESSIAN_TOL):
@@ -123,7 +129,7 @@ def _pinv_sym(H, tol=HESSIAN_TOL):
     return (evecs * inv) @ evecs.T
 
 
-def derivatives(phi, A: pls.PLSArrays, reml: bool = True):
+def derivatives(phi, A: Blocks, reml: bool = True):
     """(H, C, J) at phi: the Hessian of :func:`varpar_deviance`, :func:`covbeta` and its
     derivatives J (nphi, p, p).
 
@@ -139,13 +145,15 @@ def derivatives(phi, A: pls.PLSArrays, reml: bool = True):
     return 0.5 * (H + H.T), C, jnp.moveaxis(J, -1, 0)
 
 
-def pieces(theta, A: pls.PLSArrays, reml: bool = True) -> Pieces:
+def pieces(theta, A: Blocks, reml: bool = True) -> Pieces:
     """beta, C, A = 2 H^+ and dC/dphi at ``theta`` (pure; jit/vmap-able)."""
+    be = jax_backend()
     theta = jnp.asarray(theta, jnp.float64)
-    sol = pls.solve(theta, A, reml)
-    phi = jnp.concatenate([theta, sol.sigma[None]])
+    sol = factor.solve(factor.factorize(theta, A, be), A, be)
+    sigma = jnp.sqrt(sol.pwrss / dof(A, reml, jnp))
+    phi = jnp.concatenate([theta, sigma[None]])
     H, C, J = derivatives(phi, A, reml)
-    return Pieces(beta=sol.beta, C=C, A=2.0 * _pinv_sym(H), J=J, sigma=sol.sigma)
+    return Pieces(beta=sol.beta, C=C, A=2.0 * _pinv_sym(H), J=J, sigma=sigma)
 
 
 _derivatives_jit = jax.jit(derivatives, static_argnames=("reml",))
@@ -231,12 +239,11 @@ def _f_sf(F, d1, d2, xp=jnp):
 
 
 @functools.partial(jax.jit, static_argnames=("reml",))
-def satterthwaite_test(theta, A: pls.PLSArrays, reml: bool, L, rhs=None) -> SatterthwaiteTest:
+def satterthwaite_test(theta, A: Blocks, reml: bool, L, rhs=None) -> SatterthwaiteTest:
     """Satterthwaite t/F test of ``L beta = rhs`` (rhs = 0 by default) at ``theta``.
 
     ``theta``: the fitted theta (lme4's layout); ``A``: the model's
-    :class:`~mixedjax.pls.PLSArrays` (possibly padded, possibly with a simulated
-    response); ``reml``: whether the fit is REML (static); ``L``: (r, p_real)
+    :class:`~mixedjax.crossprod.Blocks` (possibly with a simulated response); ``reml``: whether the fit is REML (static); ``L``: (r, p_real)
     contrast matrix in the columns of ``result.fixef``.  beta-hat and sigma are
     recomputed from ``theta`` and ``A``, so a batch of refits needs only its thetas.
 
@@ -248,7 +255,8 @@ def satterthwaite_test(theta, A: pls.PLSArrays, reml: bool, L, rhs=None) -> Satt
 
     ``in_axes=(0, None, None, None)`` evaluates many thetas on one data set; for
     simulated responses build the batch of arrays with
-    ``jax.vmap(pls.with_response, (None, None, 0))(A, model.response_map, Y)``.
+    ``jax.vmap(lambda y: with_response(A, model.response_map, y, jax_backend()))(Y)``
+    (:func:`mixedjax.crossprod.with_response`).
     Equals lmerTest's ``contestMD`` (``contest1D`` when r = 1) up to its
     finite-difference error.  With ``rhs`` the statistic uses L beta - rhs, which is
     lmerTest's L (beta - L^+ rhs) whenever the hypotheses are consistent.

@@ -2,7 +2,7 @@
 
 All free parameters (random-effects factors, variance and correlation
 parameters, on nlme's unconstrained scale) are optimized together by damped
-Newton with the exact autodiff Hessian (:func:`mixedjax.optimize.newton_minimize`)
+Newton with the exact autodiff Hessian (:func:`mixedjax.compiled.newton`)
 on the profiled criterion of :mod:`mixedjax.nlme.likelihood`.  Starting values:
 identity relative covariance factors (as lme4), and nlme's starting values for
 the structures (0 on the unconstrained scale; CorCAR1 phi = 0.2) unless
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import ConvergenceWarning
-from ..optimize import newton_minimize
+from ..compiled import newton
 from . import likelihood as lik
 from .model import NlmeModel, build_model
 
@@ -46,7 +46,7 @@ def _fit(xf0, base, A, layout, free, max_iter):
 
     def f(xf, A):
         return lik.criterion(base.at[idx].set(xf), A, layout)
-    opt = newton_minimize(f, xf0, A, max_iter=max_iter)
+    opt = newton(f, xf0, A, max_iter=max_iter)
     x = base.at[idx].set(opt.x)
     return opt, x, lik.solve(x, A, layout)
 

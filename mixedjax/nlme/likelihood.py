@@ -43,7 +43,7 @@ import numpy as np
 
 from . import linalg as la
 # Lower-triangle indices in column-major order: the same theta order as the LMM side.
-from ..layout import _tril_indices as tril_indices
+from ..structure import tril_indices
 from .corstruct import correlation, symm_from_angles
 from .varfunc import StructSpec, sd_multiplier
 

@@ -20,15 +20,13 @@ import pandas as pd
 import patsy
 import scipy.stats
 
+from ..optim import STATUS
 from . import likelihood as lik
 from .dfrule import containment_df
 from .grouping import label
 
 __all__ = ["LmeResult", "GlsResult", "blups"]
 
-_STATUS = {0: "gradient is exactly zero", 1: "step below tolerance",
-           2: "line search cannot decrease the objective further (round-off level)",
-           3: "iteration limit reached"}
 
 
 def blups(model, x, sol) -> list[np.ndarray]:
@@ -380,7 +378,7 @@ def _optinfo(opt, x0, x, outer, elapsed) -> dict:
     evals = np.linalg.eigvalsh(np.asarray(opt.hess))
     return {"optimizer": "Newton (exact Hessian)", "iterations": int(opt.iterations),
             "fun_evals": int(opt.fun_evals), "converged": bool(opt.converged),
-            "status": int(opt.status), "message": _STATUS.get(int(opt.status), "unknown"),
+            "status": int(opt.status), "message": STATUS.get(int(opt.status), "unknown"),
             "grad_max": float(np.max(np.abs(opt.grad))),
             "hessian_min_eigenvalue": float(evals[0]), "x0": np.asarray(x0), "x": x,
             "seconds": elapsed, "outer_iterations": outer}

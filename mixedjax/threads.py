@@ -1,0 +1,89 @@
+"""BLAS threads for eager fits.
+
+An eager fit's dense work is LAPACK and BLAS calls on the factor's dense blocks.
+OpenBLAS splits each call over all cores by default; that pays only for large
+blocks, and when two fits run side by side (joblib, two notebooks, Dask workers on
+one machine) each one's threads wait on the other's: on 2 cores two InstEval-sized
+fits took 2 to 20 s each instead of 1 s.  So a fit limits BLAS to one thread while
+it runs, unless its dense block is large enough for threads to pay
+(:data:`THREADED_WORK`); small fits never reach BLAS's threading and are left
+alone.  The limit is set with threadpoolctl, for NumPy's and SciPy's OpenBLAS
+alike, and restored afterwards.
+
+Users choose: ``MIXEDJAX_BLAS_THREADS=n`` (environment) or
+:func:`set_blas_threads` fixes the count for every fit (0: leave BLAS alone), and
+a fit inside ``threadpoolctl.threadpool_limits(...)`` never raises that limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+__all__ = ["blas_threads", "set_blas_threads", "THREADED_WORK", "SMALL_WORK"]
+
+# Flops of one factorization (the dense blocks) from which BLAS threads pay off,
+# and below which BLAS does not thread anyway.
+THREADED_WORK = 2e10
+SMALL_WORK = 1e6
+
+_CHOICE: dict[str, int | None] = {"threads": None}
+
+
+def set_blas_threads(n: int | None) -> None:
+    """Use ``n`` BLAS threads in every eager fit (0: do not touch BLAS's setting;
+    None: the default rule of the module docstring)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"the number of BLAS threads must be None or an integer >= 0, got {n!r}")
+    _CHOICE["threads"] = n
+
+
+def _chosen() -> int | None:
+    if _CHOICE["threads"] is not None:
+        return _CHOICE["threads"]
+    env = os.environ.get("MIXEDJAX_BLAS_THREADS")
+    if env is None or env == "":
+        return None
+    try:
+        n = int(env)
+    except ValueError:
+        raise ValueError(f"MIXEDJAX_BLAS_THREADS must be an integer, got {env!r}") from None
+    if n < 0:
+        raise ValueError(f"MIXEDJAX_BLAS_THREADS must be >= 0, got {n}")
+    return n
+
+
+@functools.cache
+def _controller():
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()
+
+
+def dense_work(structure) -> float:
+    """Flops of the dense factorization and inverse of one evaluation."""
+    s = structure
+    return 2.0 * s.n_cl * s.s ** 3 + 2.0 * s.n_b ** 3 + 2.0 * s.n_cl * s.s ** 2 * s.n_b
+
+
+def blas_threads(structure):
+    """A context in which an eager fit of ``structure`` runs (module docstring)."""
+    n = _chosen()
+    if n == 0:
+        return contextlib.nullcontext()
+    if n is None:
+        work = dense_work(structure)
+        if work < SMALL_WORK or work >= THREADED_WORK:
+            return contextlib.nullcontext()
+        n = 1
+    return _limit(n)
+
+
+@contextlib.contextmanager
+def _limit(n: int):
+    ctrl = _controller()
+    current = [info.num_threads for info in ctrl.select(user_api="blas").lib_controllers]
+    # Never raise a limit the caller set (threadpool_limits around the fit).
+    n = min([n] + current) if current else n
+    with ctrl.limit(limits=n, user_api="blas"):
+        yield
