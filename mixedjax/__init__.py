@@ -9,6 +9,7 @@ are built and fitted eagerly in NumPy, and JAX loads at the first compiled or
 traced use (see :mod:`mixedjax._config`).
 """
 
+from ._config import VERSION as __version__
 from ._config import configure_jax as _configure_jax
 
 _configure_jax()
@@ -18,14 +19,13 @@ from .design import Design, make_design  # noqa: E402
 from .formula import ParsedFormula, RandomTerm, parse_formula  # noqa: E402
 from .model import LMM, ConvergenceWarning, lmer  # noqa: E402
 from .result import LMMResult  # noqa: E402
-
-__version__ = "0.1.0"
+from . import methods as _methods  # noqa: E402,F401  (attaches LMMResult's methods)
 
 # Features beyond the core fit load on first use, so ``import mixedjax`` stays fast.
 _LAZY = {
     "profiled_objective": ("mixedjax.criterion", "objective"),
     "anova": "mixedjax.inference.lrt",
-    "pb_test": "mixedjax.simulate",
+    "pb_test": "mixedjax.bootstrap",
     "simulate_design": "mixedjax.simulate",
     "BatchResult": "mixedjax.simulate",
     "power": "mixedjax.powersim",

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
+VERSION = "0.1.0"  # the package version, as pyproject.toml
+
 
 def _cache_dir(jax_version: str) -> str | None:
     """The compilation cache folder (created), or None: cache off or not writable."""

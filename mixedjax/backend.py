@@ -8,7 +8,7 @@ library does best:
 * ``segment_sum``: sums of rows by integer label (``numpy.bincount`` /
   ``jax.ops.segment_sum``);
 * ``chol`` and ``tri_inv``: Cholesky factors and inverses of triangular factors,
-  batched over leading axes.  Blocks of up to :data:`UNROLL` columns are factored
+  batched over leading axes.  Blocks of up to :data:`mixedjax.routing.UNROLL` columns are factored
   by an unrolled loop of elementwise operations in both libraries: NumPy's
   per-call overhead dominates at that size, and in JAX these fuse into a few
   loops under ``vmap`` and never call batched LAPACK (which can hang jaxlib's CPU
@@ -28,9 +28,9 @@ import functools
 
 import numpy as np
 
-__all__ = ["Backend", "NUMPY", "jax_backend", "UNROLL"]
+from . import routing
 
-UNROLL = 6  # blocks up to this size are factored by unrolled elementwise code
+__all__ = ["Backend", "NUMPY", "jax_backend"]
 
 
 def _chol_unrolled(A, xp):
@@ -132,7 +132,7 @@ class _NumpyBackend(Backend):
 
     def chol(self, A):
         k = A.shape[-1]
-        if k <= UNROLL:
+        if k <= routing.UNROLL:
             return _chol_unrolled(A, np)
         if A.ndim == 2:
             import scipy.linalg
@@ -145,7 +145,7 @@ class _NumpyBackend(Backend):
 
     def tri_inv(self, L):
         k = L.shape[-1]
-        if k <= UNROLL:
+        if k <= routing.UNROLL:
             return _tri_inv_unrolled(L, np)
         if L.ndim == 2:
             import scipy.linalg
@@ -155,14 +155,14 @@ class _NumpyBackend(Backend):
         return np.linalg.solve(L, eye)
 
     def solve_lower(self, L, B, trans: bool = False):
-        if L.ndim == 2 and L.shape[-1] > UNROLL:
+        if L.ndim == 2 and L.shape[-1] > routing.UNROLL:
             import scipy.linalg
             return scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0,
                                                  check_finite=False)
         return super().solve_lower(L, B, trans)
 
     def chol_inverse(self, L):
-        if L.ndim == 2 and L.shape[-1] > UNROLL:
+        if L.ndim == 2 and L.shape[-1] > routing.UNROLL:
             import scipy.linalg
             inv, info = scipy.linalg.lapack.dpotri(L, lower=1)
             if info != 0:
@@ -184,19 +184,19 @@ class _JaxBackend(Backend):
         return self.jax.ops.segment_sum(values, ids, num_segments=num)
 
     def chol(self, A):
-        if A.shape[-1] <= UNROLL:
+        if A.shape[-1] <= routing.UNROLL:
             return _chol_unrolled(A, self.xp)
         return self.xp.linalg.cholesky(A)
 
     def tri_inv(self, L):
         k = L.shape[-1]
-        if k <= UNROLL:
+        if k <= routing.UNROLL:
             return _tri_inv_unrolled(L, self.xp)
         eye = self.xp.broadcast_to(self.xp.eye(k, dtype=L.dtype), L.shape)
         return self.jax.scipy.linalg.solve_triangular(L, eye, lower=True)
 
     def solve_lower(self, L, B, trans: bool = False):
-        if L.shape[-1] <= UNROLL:
+        if L.shape[-1] <= routing.UNROLL:
             return super().solve_lower(L, B, trans)
         return self.jax.scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0)
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import batchfit
+from . import batchfit, routing
 from .optim import final_status
 from .crossprod import Blocks, ResponseMap
 from .structure import bucket, diagonal_mask
@@ -36,7 +36,6 @@ from .structure import bucket, diagonal_mask
 __all__ = ["FitSpec", "fit_spec", "fit_responses", "chunk_size_for", "pad_rows",
            "Lanes", "device_mesh"]
 
-STEP_ITER = 4          # Newton iterations per kernel call (see module docstring)
 PROGRESS_MIN = 20_000  # show a progress bar by default from this many replicates
 
 
@@ -184,7 +183,7 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
     while finished < nsim:
         lanes, next_rep = _refill(lanes, next_rep, nsim, rows, theta0)
         live = lanes.rep >= 0
-        cap = np.maximum(np.minimum(STEP_ITER, max_iter - lanes.done_iter), 1)
+        cap = np.maximum(np.minimum(routing.STEP_ITER, max_iter - lanes.done_iter), 1)
         if warm is not None:
             warm.join()
             warm = None

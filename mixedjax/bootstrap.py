@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 
 from .batch import fit_responses, fit_spec
+from .inference.confint import check_level, percent_labels
 from .inference.params import parameter_names, sdcor_values
 from .model import LMM
 from .simparams import Simulator, as_key, check_nsim
-from .simulate import BatchResult, _model_of, fitted_params
+from .simulate import BatchResult, model_of, fitted_params
 
 __all__ = ["bootstrap", "BootstrapResult", "pb_test", "PBTestResult"]
 
@@ -69,12 +70,7 @@ class BootstrapResult:
         ``method="percentile"``: the (R + 1) alpha order statistics of the replicates
         (Davison & Hinkley eq. 5.18); ``"basic"``: 2 * estimate minus those (eq. 5.6).
         """
-        from .inference.confint import percent_labels
-
-        if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float)):
-            raise TypeError(f"level must be a number, got {type(level).__name__}")
-        if not 0 < level < 1:
-            raise ValueError(f"level must be between 0 and 1, got {level}")
+        level = check_level(level)
         if method not in _METHODS:
             raise ValueError(f"method must be 'percentile' or 'basic', got {method!r}")
         if self.n_failed == self.nsim:
@@ -114,7 +110,7 @@ def bootstrap(result, nsim: int, key=None, chunk_size: int | None = None,
     ``result.simulate(nsim, key)[i]``); see :func:`mixedjax.simulate.refit_many` for
     ``chunk_size``, ``max_iter`` and ``progress``."""
     nsim = check_nsim(nsim)
-    model = _model_of(result)
+    model = model_of(result)
     key = as_key(key)
     spec = fit_spec(model, result.theta)
     sim = Simulator(model.design, model.structure, fitted_params(result), key, spec.n_pad)
@@ -191,7 +187,7 @@ def pb_test(m0, m1, nsim: int = 1000, key=None, chunk_size: int | None = None,
     """
     nsim = check_nsim(nsim)
     t0 = time.perf_counter()
-    _model_of(m0), _model_of(m1)
+    model_of(m0), model_of(m1)
     if m0.npar == m1.npar:
         raise ValueError(f"the models have the same number of parameters ({m0.npar}); "
                          "pb_test compares nested models of different size")

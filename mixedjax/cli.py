@@ -32,7 +32,7 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._config import VERSION as __version__
     p = argparse.ArgumentParser(
         prog="mixedjax",
         description="Fit linear mixed models with lme4 formulas. With no command, fit "
@@ -105,14 +105,14 @@ def _ddf(name: str | None) -> str | None:
 
 
 def _fit(args) -> int:
-    import mixedjax
+    from .model import lmer
     ddf = _ddf(args.ddf)
     if ddf == "Kenward-Roger" and args.ml:
         raise UsageError("--ddf Kenward-Roger needs a REML fit; leave out --ml "
                          "(or use --ddf Satterthwaite)")
     data = _factors(_read(args.data), args.factors or [])
     try:
-        m = mixedjax.lmer(args.formula, data, reml=not args.ml)
+        m = lmer(args.formula, data, reml=not args.ml)
         text = str(m.summary(ddf=ddf))
     except (ValueError, TypeError) as err:
         raise UsageError(_one_line(err)) from None
@@ -134,9 +134,9 @@ def _datasets() -> int:
 
 
 def _example() -> int:
-    import mixedjax
-    m = mixedjax.lmer("Reaction ~ Days + (Days | Subject)",
-                      mixedjax.datasets.load("sleepstudy"))
+    from . import datasets
+    from .model import lmer
+    m = lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"))
     print(EXAMPLE)
     print(m.summary())
     return 0

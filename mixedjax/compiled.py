@@ -15,7 +15,7 @@ from . import factor, optim
 from .backend import jax_backend
 from .criterion import from_factor, objective
 from .crossprod import Blocks
-from .model import FitOutput
+from .fitting import FitOutput
 from .structure import rectify_theta
 
 __all__ = ["fit_arrays", "value_grad_hess", "newton", "solve", "fit_jit", "objective_jit"]

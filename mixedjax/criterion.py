@@ -41,6 +41,7 @@ import math
 import numpy as np
 
 from . import factor as fac
+from . import routing
 from .backend import NUMPY
 from .crossprod import Blocks, register_pytrees
 from .structure import Structure, tril_indices
@@ -70,7 +71,7 @@ def weights(A: Blocks, reml, xp, which: str = "criterion") -> Weights:
     [Z, X] block: M[:q+p]^-1 is its G)."""
     s = A.structure
     qb, p = s.q_border, s.p
-    one, zero = xp.ones, xp.zeros
+    one = xp.ones
     if which == "criterion":
         wx = (1.0 if reml else 0.0) if isinstance(reml, (bool, np.bool_)) else \
             xp.where(reml, 1.0, 0.0)
@@ -159,14 +160,14 @@ def _later_terms(A: Blocks, F: fac.Factor, G: fac.Inverse, w: Weights, be) -> di
     out, general_mid, general_bor = {}, [], []
     for seg in s.middle_segments:
         t, start, nlev, k = seg
-        if eager and k == 1 and abs(float(F.lams[t][0, 0])) > 1e-3:
+        if eager and k == 1 and abs(float(F.lams[t][0, 0])) > routing.SCALAR_SHORTCUT:
             d = np.diagonal(G.Gmm, 0, -2, -1)[:, start:start + nlev]
             out[t] = np.reshape(np.sum(1.0 - d) / F.lams[t][0, 0], (1, 1))
         else:
             general_mid.append(seg)
     for seg in s.border_segments:
         t, start, nlev, k = seg
-        if eager and k == 1 and abs(float(F.lams[t][0, 0])) > 1e-3:
+        if eager and k == 1 and abs(float(F.lams[t][0, 0])) > routing.SCALAR_SHORTCUT:
             d = np.diagonal(G.Gbb)[start:start + nlev]
             out[t] = np.reshape(np.sum(1.0 - d) / F.lams[t][0, 0], (1, 1))
         else:
@@ -238,7 +239,7 @@ def _data_gradient(A: Blocks, F: fac.Factor, Gt: fac.Inverse, Q, w: Weights, be,
             V = fac.coupling_dense(A, be)                              # (m0, k0, s)
             col = col + xp.einsum("aks,st->akt", V, Gt.Gmm[0])[A.ent_a, :, A.ent_pos]
         else:
-            g = Gt.Gmm.reshape(-1)[fac._pair_flat(A)]
+            g = Gt.Gmm.reshape(-1)[fac.pair_flat(A)]
             pi, pj = A.pair_i, A.pair_j
             col = col + be.segment_sum(A.ent_v[pi] * g[:, None], pj, len(A.ent_a))
             col = col + be.segment_sum(xp.where((pi != pj)[:, None], A.ent_v[pj] * g[:, None],
@@ -344,7 +345,6 @@ def _jax_funcs():
     be = jax_backend()
     register_pytrees()
     ops = fac.default_ops(be)
-    float_fields = tuple(f for f in Blocks.fields if f not in Blocks.index_fields)
 
     @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
     def wlogdet(theta, A, reml, which):

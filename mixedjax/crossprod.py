@@ -25,17 +25,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import routing
 from .structure import Placement, Structure
 
 __all__ = ["Blocks", "ResponseMap", "Rows", "build", "row_layout", "basis", "design_blocks",
            "response_map", "response_parts",
-           "with_response", "to_device", "register_pytrees", "project", "PAIR_LIMIT"]
+           "with_response", "to_device", "register_pytrees", "project"]
 
-# Beyond this many pairs of coupling entries (pairs of later-term columns that
-# share a first-term level) the first term's Schur update is a dense product
-# instead of a sum over pairs (MovieLens-sized data: users with thousands of
-# ratings give ~2e8 pairs).
-PAIR_LIMIT = 50_000_000
 
 
 class Blocks:
@@ -192,7 +188,7 @@ def design_blocks(rows: Rows, sw, q, s: Structure, n_ent: int, be, stable: bool 
     z0 = rows.z0 * sw[:, None]
     midz = rows.mid_z * sw[:, None]
     borz = rows.bor_z * sw[:, None]
-    K, Kb = rows.mid_pos.shape[1], rows.bor_pos.shape[1]
+    Kb = rows.bor_pos.shape[1]
     d0 = be.segment_sum(z0[:, :, None] * z0[:, None, :], rows.codes0, m0)
     zeros1 = xp.zeros((m0, k0, 1))
     b0x = be.segment_sum(z0[:, :, None] * q[:, None, :], rows.codes0, m0)
@@ -349,7 +345,7 @@ def build(terms, X: np.ndarray, y: np.ndarray, structure: Structure, placement: 
     rows, ent_a, ent_pos = row_layout(terms, s, placement)
     sw = np.ones(n) if weights is None else np.sqrt(np.asarray(weights, np.float64))
     q, rx = basis(X * sw[:, None], np, stable)
-    if _pair_count(ent_a) > PAIR_LIMIT and s.n_cl == 1:
+    if _pair_count(ent_a) > routing.PAIR_LIMIT and s.n_cl == 1:
         import dataclasses
         s = dataclasses.replace(s, dense_coupling=True)
         pair_i = pair_j = np.zeros(0, np.int64)

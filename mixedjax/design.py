@@ -20,7 +20,8 @@ import patsy
 from ._warn import warn_user
 from .formula import ParsedFormula, RandomTerm, formula_variables, parse_formula, quote_dotted
 
-__all__ = ["ReTerm", "Design", "make_design", "r_column_name"]
+__all__ = ["ReTerm", "Design", "make_design", "r_column_name", "newdata_matrix", "map_levels",
+           "terms_in_re_form"]
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _level_label(value) -> str:
     return str(value)
 
 
-def _factor_codes(col: pd.Series) -> tuple[np.ndarray, list]:
+def factor_codes(col: pd.Series) -> tuple[np.ndarray, list]:
     """Codes and level values of a grouping column (R's factor() level order)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         codes = col.cat.codes.to_numpy()
@@ -147,7 +148,7 @@ def _group_codes(data: pd.DataFrame, group: tuple[str, ...]):
     """
     comp_codes, comp_levels = [], []
     for name in group:
-        c, lv = _factor_codes(data[name])
+        c, lv = factor_codes(data[name])
         comp_codes.append(c)
         comp_levels.append(lv)
     if len(group) == 1:
@@ -183,7 +184,7 @@ def _check_columns(data: pd.DataFrame, parsed: ParsedFormula) -> list[str]:
     return used
 
 
-def _response(data: pd.DataFrame, expr: str) -> np.ndarray:
+def response_vector(data: pd.DataFrame, expr: str) -> np.ndarray:
     if expr in data.columns:
         col = data[expr]
         if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
@@ -199,7 +200,7 @@ def _response(data: pd.DataFrame, expr: str) -> np.ndarray:
     return np.asarray(mat, dtype=np.float64)[:, 0]
 
 
-def _model_matrix(expr: str, data: pd.DataFrame, what: str):
+def model_matrix(expr: str, data: pd.DataFrame, what: str):
     try:
         mat = patsy.dmatrix(quote_dotted(expr, data.columns), data, NA_action="raise",
                             return_type="matrix", eval_env=_EVAL_ENV)
@@ -209,7 +210,7 @@ def _model_matrix(expr: str, data: pd.DataFrame, what: str):
     return np.asarray(mat, dtype=np.float64), mat.design_info
 
 
-def _r_column_order(info, fixed: str) -> np.ndarray:
+def r_column_order(info, fixed: str) -> np.ndarray:
     """Column permutation from patsy's term order to R's.
 
     patsy puts purely categorical terms first; R keeps the formula's order and
@@ -227,7 +228,7 @@ def _r_column_order(info, fixed: str) -> np.ndarray:
     return np.asarray(perm, dtype=np.int64)
 
 
-def _independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
+def independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     """Keep-mask of columns not linearly dependent on earlier ones.
 
     Sequential Gram-Schmidt (two passes): a column whose residual after
@@ -330,12 +331,12 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
         if isinstance(sub[name].dtype, pd.CategoricalDtype):
             sub[name] = sub[name].cat.remove_unused_categories()
 
-    y = _response(sub, parsed.response)
-    X_full, x_info = _model_matrix(parsed.fixed, sub, "fixed-effects")
-    x_perm = _r_column_order(x_info, quote_dotted(parsed.fixed, sub.columns))
+    y = response_vector(sub, parsed.response)
+    X_full, x_info = model_matrix(parsed.fixed, sub, "fixed-effects")
+    x_perm = r_column_order(x_info, quote_dotted(parsed.fixed, sub.columns))
     X_full = X_full[:, x_perm]
     xnames_full = [r_column_name(x_info.column_names[j]) for j in x_perm]
-    keep = _independent_columns(X_full) if X_full.shape[1] else np.zeros(0, bool)
+    keep = independent_columns(X_full) if X_full.shape[1] else np.zeros(0, bool)
     aliased = [nm for nm, k in zip(xnames_full, keep) if not k]
     if aliased:
         warn_user(f"fixed-effect model matrix is rank deficient: dropping "
@@ -360,7 +361,7 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
 
 def _make_term(term: RandomTerm, data: pd.DataFrame, n: int) -> ReTerm:
     codes, labels, keys = _group_codes(data, term.group)
-    Z, info = _model_matrix(term.expr, data, f"random-effects term {term}")
+    Z, info = model_matrix(term.expr, data, f"random-effects term {term}")
     if Z.shape[1] == 0:
         raise ValueError(f"random-effects term {term} has no columns")
     nl = len(labels)
@@ -377,3 +378,76 @@ def _make_term(term: RandomTerm, data: pd.DataFrame, n: int) -> ReTerm:
     return ReTerm(expr=term.expr, group=term.group, levels=labels, codes=codes, Z=Z,
                   cnames=[r_column_name(c) for c in info.column_names], design_info=info,
                   level_keys=keys)
+
+
+def newdata_matrix(info, data, what):
+    """A fitted term's model matrix built for new rows from its patsy encoding (the
+    factor levels and stateful transforms of the fit), with a named error for a
+    missing column."""
+    missing = [f for f in factor_names(info) if f not in data.columns]
+    if missing:
+        raise ValueError(f"newdata lacks column(s) {missing} needed for the {what}")
+    try:
+        return np.asarray(patsy.build_design_matrices([info], data, NA_action="raise")[0],
+                          dtype=np.float64)
+    except patsy.PatsyError as err:
+        raise ValueError(f"cannot build the {what} for newdata: {err}") from None
+
+
+def factor_names(info) -> list[str]:
+    """The data columns a patsy design needs, in order of first use."""
+    names: list[str] = []
+    for factor in info.factor_infos:
+        for nm in formula_variables(factor.code):
+            if nm not in names:
+                names.append(nm)
+    return names
+
+
+def map_levels(term, newdata, allow_new_levels):
+    """The fitted level index of each new row for a random term; -1 for a level not in
+    the fit (refused unless ``allow_new_levels``, as lme4's ``predict``)."""
+    missing = [g for g in term.group if g not in newdata.columns]
+    if missing:
+        raise ValueError(f"newdata lacks grouping column(s) {missing} of term "
+                         f"({term.expr} | {term.group_name})")
+    lookup = {tuple(level_key(v) for v in key): i for i, key in enumerate(term.level_keys)}
+    cols = [newdata[g].to_numpy() for g in term.group]
+    keys = [tuple(level_key(c[i]) for c in cols) for i in range(len(newdata))]
+    codes = np.array([lookup.get(k, -1) for k in keys], dtype=np.int64)
+    if not allow_new_levels and (codes < 0).any():
+        new = sorted({":".join(map(str, k)) for k, c in zip(keys, codes) if c < 0})
+        raise ValueError(f"newdata has level(s) of {term.group_name!r} not in the fit: "
+                         f"{new[:10]}; pass allow_new_levels=True to predict them at the "
+                         "population level")
+    return codes
+
+
+def level_key(value):
+    """A level's text key, with integral numbers written without a decimal point so
+    that 3 and 3.0 name the same level."""
+    if isinstance(value, (np.integer, int)):
+        return str(int(value))
+    if isinstance(value, (np.floating, float)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def terms_in_re_form(re_form, terms) -> list[bool]:
+    """Which random terms a ``re_form`` (lme4's argument of ``predict``) keeps:
+    ``None`` all, ``~0`` none, a formula the terms it names."""
+    if re_form is None:
+        return [True] * len(terms)
+    if isinstance(re_form, str):
+        text = re_form.replace(" ", "")
+        if text in ("~0", "NA", "~1", "0"):
+            return [False] * len(terms)
+        parsed = parse_formula("y " + re_form.strip() if re_form.strip().startswith("~")
+                               else "y ~ " + re_form)
+        wanted = {(t.expr.replace(" ", ""), t.group_name) for t in parsed.random}
+        include = [(t.expr.replace(" ", ""), t.group_name) in wanted for t in terms]
+        unknown = wanted - {(t.expr.replace(" ", ""), t.group_name) for t in terms}
+        if unknown:
+            raise ValueError(f"re_form names random terms not in the model: {sorted(unknown)}")
+        return include
+    raise TypeError("re_form must be None or a formula string such as '~0'")

@@ -123,7 +123,7 @@ def _first_term(lam0, d0, be):
     return L0, P, K, logdet0
 
 
-def _pair_flat(A: Blocks):
+def pair_flat(A: Blocks):
     """Flat index (cluster, row, col) in the (n_cl, s, s) middle block of each pair
     (i <= j, same level; entries sorted so column_i <= column_j: lower triangle)."""
     s = A.structure.s
@@ -262,7 +262,7 @@ class PairOps:
         s = A.structure
         vi, vj = A.ent_v[A.pair_i], A.ent_v[A.pair_j]
         vals = xp.einsum("pk,pkl,pl->p", vi, K[A.ent_a[A.pair_i]], vj)
-        low = be.segment_sum(vals, _pair_flat(A), s.n_cl * s.s * s.s)
+        low = be.segment_sum(vals, pair_flat(A), s.n_cl * s.s * s.s)
         low = low.reshape(s.n_cl, s.s, s.s)
         return low + xp.swapaxes(low, -1, -2) * (1.0 - xp.eye(s.s, dtype=low.dtype))
 
@@ -271,7 +271,7 @@ class PairOps:
         middle part of Q_a = B_a G~ B_a' (m0, k0, k0)."""
         be, xp = self.be, self.be.xp
         s = A.structure
-        g = Gt_mm.reshape(-1)[_pair_flat(A)]
+        g = Gt_mm.reshape(-1)[pair_flat(A)]
         vi, vj = A.ent_v[A.pair_i], A.ent_v[A.pair_j]
         outer = vi[:, :, None] * vj[:, None, :]
         both = outer + xp.where((A.pair_i != A.pair_j)[:, None, None],
@@ -313,7 +313,7 @@ class SparsePairOps(PairOps):
         vi, vj = A.ent_v[pi], A.ent_v[pj]
         po = vi[:, :, None] * vj[:, None, :]
         po = 0.5 * (po + np.swapaxes(po, 1, 2))
-        pos = _pair_flat(A)
+        pos = pair_flat(A)
         rows = np.repeat(pos, k0 * k0)
         cols = (A.ent_a[pi][:, None] * (k0 * k0) + np.arange(k0 * k0)).reshape(-1)
         size = s.n_cl * s.s * s.s

@@ -102,7 +102,8 @@ def make_layout(model: LMM) -> Layout:
                                   Layout(rows=model.rows, offset=offset))
 
 
-def _sqrt_weights(w):
+def sqrt_weights(w):
+    """sqrt(w), 0 where w = 0, with a finite derivative there (JAX)."""
     # sqrt only where w > 0: the inner where keeps the derivative finite at w = 0.
     pos = w > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, w, 1.0)), 0.0)
@@ -119,7 +120,7 @@ def rebuild_arrays(L: Layout, template: Blocks, y, X, w) -> Blocks:
     """
     be = jax_backend()
     s = template.structure
-    sw = _sqrt_weights(w)
+    sw = sqrt_weights(w)
     q, rx = basis(X * sw[:, None], jnp)
     parts = design_blocks(L.rows, sw, q, s, template.ent_a.shape[0], be)
     pos = w > 0

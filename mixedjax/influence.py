@@ -134,7 +134,7 @@ def hat_values(L: fitfn.Layout, A: Blocks, theta, X, w):
     s = A.structure
     rows = L.rows
     F = factor.factorize(theta, A, be)
-    sw = fitfn._sqrt_weights(w)
+    sw = fitfn.sqrt_weights(w)
     n = w.shape[0]
     q = jax.scipy.linalg.solve_triangular(A.rx, (X * sw[:, None]).T, trans="T",
                                           lower=False).T                     # X R^-1

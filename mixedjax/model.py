@@ -7,8 +7,8 @@
 minimizes it and returns a new :class:`~mixedjax.result.LMMResult` (the model is
 never modified).  ``lmer`` does both in one call, as lme4's ``lmer``.
 
-Which optimizer runs where is decided here (:func:`choose_optimizer`): by default
-BFGS on the exact gradient, eagerly in NumPy (:func:`fit_eager`), so a fit starts
+Which optimizer runs where is decided here (:func:`mixedjax.fitting.choose_optimizer`): by default
+BFGS on the exact gradient, eagerly in NumPy (:func:`mixedjax.fitting.fit_eager`), so a fit starts
 at once in a fresh process and never imports JAX; ``optimizer="newton"`` runs
 Newton with the autodiff Hessian as one compiled call
 (:func:`mixedjax.compiled.fit_arrays`), on JAX's default device.
@@ -19,67 +19,21 @@ from __future__ import annotations
 import functools
 import numbers
 import time
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from . import crossprod, factor, optim
+from . import crossprod, factor
 from ._warn import warn_user
 from .backend import NUMPY
-from .criterion import EagerModel, curvature_guess
+from .criterion import EagerModel
 from .design import Design, make_design
+from .fitting import ConvergenceWarning, FitOutput, OPTIMIZERS, choose_optimizer, fit_eager
 from .start import moment_start
-from .structure import (Structure, analyze, diagonal_mask, initial_theta, rectify_theta,
-                        tril_indices)
-from .threads import blas_threads
+from .structure import Structure, analyze, initial_theta, tril_indices
 
 __all__ = ["LMM", "lmer", "ConvergenceWarning", "FitOutput", "choose_optimizer",
            "OPTIMIZERS"]
-
-
-class ConvergenceWarning(UserWarning):
-    """The optimizer stopped before meeting its convergence test."""
-
-
-class FitOutput(NamedTuple):
-    """What a fit returns (arrays only, so the compiled fit batches): the optimizer's
-    record, theta in lme4's sign convention, the criterion there and the solve."""
-
-    opt: optim.OptResult
-    theta: np.ndarray
-    objective: np.ndarray
-    solution: factor.Solution
-
-
-OPTIMIZERS = ("newton", "bfgs")
-
-
-def choose_optimizer(optimizer: str = "auto") -> str:
-    """Resolve ``optimizer``: "auto" is eager BFGS (no compilation, one factorization
-    per evaluation); "newton" the compiled exact-Hessian loop."""
-    if optimizer == "auto":
-        return "bfgs"
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be 'auto' or one of {OPTIMIZERS}, got {optimizer!r}")
-    return optimizer
-
-
-def fit_eager(em: EagerModel, theta0, placement, max_iter: int = 200) -> FitOutput:
-    """BFGS in NumPy on the exact gradient, first on the log scale of the covariance
-    factors' diagonals and preconditioned by :func:`~mixedjax.criterion.curvature_guess`
-    (:func:`mixedjax.optim.minimize_bfgs_eager`)."""
-    s = em.structure
-    with blas_threads(s):
-        opt = optim.minimize_bfgs_eager(
-            em.value_grad, theta0, log_mask=diagonal_mask(s), max_iter=max_iter,
-            hess0=lambda x: curvature_guess(x, em.A, placement))
-        theta = rectify_theta(opt.x, s)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            F = factor.factorize(theta, em.A, NUMPY, em.ops)
-            sol = factor.solve(F, em.A, NUMPY, em.ops)
-        obj = em.value(theta)
-    return FitOutput(opt=opt, theta=theta, objective=np.asarray(obj), solution=sol)
 
 
 class LMM:

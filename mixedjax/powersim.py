@@ -38,6 +38,7 @@ from .batch import chunk_size_for, fit_responses, fit_spec
 from .model import LMM
 from .simparams import Simulator, as_key, check_nsim, resolve_params
 from .simulate import planning_model
+from .inference.confint import check_level
 
 __all__ = ["power", "power_curve", "PowerResult", "PowerCurve"]
 
@@ -246,8 +247,8 @@ def power(design: pd.DataFrame, formula: str, params: dict, test: str | None = N
     applies to the t, F and Wald tests (LRTs use ML fits).
     """
     nsim = check_nsim(nsim)
-    _check_level(alpha, "alpha")
-    _check_level(level, "level")
+    check_level(alpha, "alpha")
+    check_level(level, "level")
     kw = {"weights": weights, "offset": offset}
     probe = planning_model(formula, design, reml=reml, **kw)
     t = _parse_test(test, probe, formula, design, kw)
@@ -263,12 +264,6 @@ def power(design: pd.DataFrame, formula: str, params: dict, test: str | None = N
                        n_failed=int((~ok).sum()), alpha=float(alpha), level=float(level),
                        pvalues=pvals, nobs=model.design.n)
 
-
-def _check_level(x, name):
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(x).__name__}")
-    if not 0 < x < 1:
-        raise ValueError(f"{name} must be between 0 and 1, got {x}")
 
 
 @dataclasses.dataclass

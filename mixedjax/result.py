@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import patsy
 
 from . import factor
 from .backend import NUMPY
 from .criterion import condvar, dof
+from .design import map_levels, newdata_matrix, terms_in_re_form
 from .optim import STATUS
 from .structure import diagonal_mask, lambdas, per_term, per_term_blocks
-
-if TYPE_CHECKING:
-    from .summary import Summary
 
 __all__ = ["LMMResult"]
 
@@ -264,7 +260,7 @@ class LMMResult:
         population-level predictions.  A level not seen in the fit contributes 0 (the
         population mean) when ``allow_new_levels`` is True; otherwise it is an error.
         """
-        include = _terms_in_re_form(re_form, self._design.terms)
+        include = terms_in_re_form(re_form, self._design.terms)
         if newdata is None:
             if all(include):
                 return self.fitted.rename("predicted")
@@ -277,14 +273,14 @@ class LMMResult:
         if not isinstance(newdata, pd.DataFrame):
             raise TypeError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
         d = self._design
-        X = _build(d.x_design_info, newdata, "fixed effects")[:, d.x_perm][:, d.x_keep]
+        X = newdata_matrix(d.x_design_info, newdata, "fixed effects")[:, d.x_perm][:, d.x_keep]
         rows = []
         for t, inc in zip(d.terms, include):
             if not inc:
                 rows.append((None, None))
                 continue
-            Z = _build(t.design_info, newdata, f"random term ({t.expr} | {t.group_name})")
-            codes = _map_levels(t, newdata, allow_new_levels)
+            Z = newdata_matrix(t.design_info, newdata, f"random term ({t.expr} | {t.group_name})")
+            codes = map_levels(t, newdata, allow_new_levels)
             rows.append((codes, Z))
         # An offset given as a column is taken from newdata; one given as an array
         # belongs to the fitted rows only and is left out, as lme4's predict does.
@@ -296,147 +292,6 @@ class LMMResult:
         return pd.Series(self._linear_predictor(X, rows, offset), index=newdata.index,
                          name="predicted")
 
-    # -- inference (mixedjax.inference) ------------------------------------------------
-    # Thin methods: the computations live in their own modules, imported on first use.
-    def coef_table(self, ddf: str | None = "Satterthwaite") -> pd.DataFrame:
-        """Fixed-effects table with small-sample df (see :mod:`mixedjax.inference.tables`)."""
-        from .inference.tables import coef_table
-        return coef_table(self, ddf=ddf)
-
-    def anova(self, type: int = 3, ddf: str = "Satterthwaite") -> pd.DataFrame:
-        """F tests per fixed-effects term, as lmerTest's ``anova``."""
-        from .inference.tables import anova_table
-        return anova_table(self, type=type, ddf=ddf)
-
-    def test_contrast(self, L, ddf: str = "Satterthwaite", rhs=None) -> pd.DataFrame:
-        """F (or t) test of ``L beta = rhs`` for a contrast matrix ``L``."""
-        from .inference.tables import test_contrast
-        return test_contrast(self, L, ddf=ddf, rhs=rhs)
-
-    def emmeans(self, specs, by=None, ddf: str = "Satterthwaite", adjust: str = "tukey",
-                level: float = 0.95):
-        """Estimated marginal means and pairwise contrasts, as R's emmeans."""
-        from .inference.emmeans import emmeans
-        return emmeans(self, specs, by=by, ddf=ddf, adjust=adjust, level=level)
-
-    def ranova(self) -> pd.DataFrame:
-        """Likelihood-ratio test of each random-effects term, as lmerTest's ``ranova``."""
-        from .inference.lrt import ranova
-        return ranova(self)
-
-    def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
-        """Confidence intervals for every parameter, named as lme4's ``confint``."""
-        from .inference.confint import confint
-        return confint(self, method=method, level=level, **kwargs)
-
-    def predict_interval(self, newdata: pd.DataFrame | None = None, level: float = 0.95,
-                         re_form=None, include_residual: bool = True,
-                         include_re_variance: bool = True,
-                         allow_new_levels: bool = False) -> pd.DataFrame:
-        """Prediction intervals (``fit``, ``se``, ``lwr``, ``upr``) from the exact joint
-        error of beta-hat and the BLUPs (see :mod:`mixedjax.inference.prediction`)."""
-        from .inference.prediction import predict_interval
-        return predict_interval(self, newdata=newdata, level=level, re_form=re_form,
-                                include_residual=include_residual,
-                                include_re_variance=include_re_variance,
-                                allow_new_levels=allow_new_levels)
-
-    # -- simulation (mixedjax.simulate) -------------------------------------------------
-    def simulate(self, nsim: int = 1, key=None, params=None, **kwargs):
-        """Responses drawn from the fitted model, as lme4's ``simulate``."""
-        from .simulate import simulate
-        return simulate(self, nsim=nsim, key=key, params=params, **kwargs)
-
-    def refit_many(self, Y, **kwargs):
-        """Fit this design to every row of ``Y`` (nsim x n) in one compiled call."""
-        from .simulate import refit_many
-        return refit_many(self, Y, **kwargs)
-
-    def bootstrap(self, nsim: int, key=None, **kwargs):
-        """Parametric bootstrap, as MixedModels.jl's ``parametricbootstrap``."""
-        from .simulate import bootstrap
-        return bootstrap(self, nsim=nsim, key=key, **kwargs)
-
-    # -- sensitivity (mixedjax.influence) -----------------------------------------------
-    def influence(self, groups=None, exact: bool = False, **kwargs):
-        """Leverage, Cook's distance and DFBETAS by observation or by group."""
-        from .influence import influence
-        return influence(self, groups=groups, exact=exact, **kwargs)
-
-    # -- presentation -----------------------------------------------------------------
-    def summary(self, ddf: str | None = None) -> "Summary":
-        """lme4-style summary; ``ddf`` ("Satterthwaite", "Kenward-Roger", ...) adds df
-        and p-values to the fixed-effects table as lmerTest's summary does."""
-        from .summary import Summary
-        return Summary(self, ddf=ddf)
-
-    def __repr__(self) -> str:
-        return self.summary().text(correlation=False)
-
-    def _repr_html_(self) -> str:
-        return self.summary()._repr_html_()
-
-
-def _build(info, data, what):
-    missing = [f for f in _factor_names(info) if f not in data.columns]
-    if missing:
-        raise ValueError(f"newdata lacks column(s) {missing} needed for the {what}")
-    try:
-        return np.asarray(patsy.build_design_matrices([info], data, NA_action="raise")[0],
-                          dtype=np.float64)
-    except patsy.PatsyError as err:
-        raise ValueError(f"cannot build the {what} for newdata: {err}") from None
-
-
-def _factor_names(info) -> list[str]:
-    from .formula import formula_variables
-    names: list[str] = []
-    for factor in info.factor_infos:
-        for nm in formula_variables(factor.code):
-            if nm not in names:
-                names.append(nm)
-    return names
-
-
-def _map_levels(term, newdata, allow_new_levels):
-    missing = [g for g in term.group if g not in newdata.columns]
-    if missing:
-        raise ValueError(f"newdata lacks grouping column(s) {missing} of term "
-                         f"({term.expr} | {term.group_name})")
-    lookup = {tuple(_key(v) for v in key): i for i, key in enumerate(term.level_keys)}
-    cols = [newdata[g].to_numpy() for g in term.group]
-    keys = [tuple(_key(c[i]) for c in cols) for i in range(len(newdata))]
-    codes = np.array([lookup.get(k, -1) for k in keys], dtype=np.int64)
-    if not allow_new_levels and (codes < 0).any():
-        new = sorted({":".join(map(str, k)) for k, c in zip(keys, codes) if c < 0})
-        raise ValueError(f"newdata has level(s) of {term.group_name!r} not in the fit: "
-                         f"{new[:10]}; pass allow_new_levels=True to predict them at the "
-                         "population level")
-    return codes
-
-
-def _key(value):
-    if isinstance(value, (np.integer, int)):
-        return str(int(value))
-    if isinstance(value, (np.floating, float)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _terms_in_re_form(re_form, terms) -> list[bool]:
-    if re_form is None:
-        return [True] * len(terms)
-    if isinstance(re_form, str):
-        text = re_form.replace(" ", "")
-        if text in ("~0", "NA", "~1", "0"):
-            return [False] * len(terms)
-        from .formula import parse_formula
-        parsed = parse_formula("y " + re_form.strip() if re_form.strip().startswith("~")
-                               else "y ~ " + re_form)
-        wanted = {(t.expr.replace(" ", ""), t.group_name) for t in parsed.random}
-        include = [(t.expr.replace(" ", ""), t.group_name) in wanted for t in terms]
-        unknown = wanted - {(t.expr.replace(" ", ""), t.group_name) for t in terms}
-        if unknown:
-            raise ValueError(f"re_form names random terms not in the model: {sorted(unknown)}")
-        return include
-    raise TypeError("re_form must be None or a formula string such as '~0'")
+    # Inference, simulation, sensitivity and report methods (coef_table, anova, confint,
+    # simulate, bootstrap, summary, __repr__, ...) are computed by layers above this one;
+    # mixedjax.methods attaches them when the package is imported.

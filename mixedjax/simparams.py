@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .structure import Structure, bucket, lambdas, tril_indices
+from .structure import Structure, lambdas, tril_indices
 
 __all__ = ["SimParams", "resolve_params", "term_names", "as_key", "check_nsim",
            "SimDesign", "sim_design", "Simulator"]

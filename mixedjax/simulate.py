@@ -26,20 +26,20 @@ import functools
 import numpy as np
 import pandas as pd
 
-from .structure import Structure, bucket, diagonal_mask, tril_indices
+from .structure import bucket, diagonal_mask
 from ._warn import warn_user
 from .batch import fit_responses, fit_spec
-from .inference.params import sdcor_names
+from .inference.params import sdcor_matrix, sdcor_names
 from .model import LMM
 from .simparams import SimParams, Simulator, as_key, check_nsim, resolve_params
 from .result import SINGULAR_TOL
 
-# BootstrapResult and PBTestResult (mixedjax.bootstrap) are also reachable here.
 __all__ = ["simulate", "simulate_design", "planning_model", "refit_many", "BatchResult",
-           "bootstrap", "pb_test"]
+           "fitted_params", "model_of"]
 
 
-def _model_of(result) -> LMM:
+def model_of(result) -> LMM:
+    """The :class:`~mixedjax.model.LMM` behind a fit; a TypeError for anything else."""
     model = getattr(result, "model", None)
     if not isinstance(model, LMM):
         raise TypeError(f"expected a fitted model (mixedjax.lmer result), got "
@@ -65,7 +65,7 @@ def simulate(result, nsim: int = 1, key=None, params=None, use_u: bool = False) 
     exactly ``result.simulate(nsim, key)``.
     """
     nsim = check_nsim(nsim)
-    model = _model_of(result)
+    model = model_of(result)
     p = resolve_params(model.design, model.structure, params, fitted_params(result))
     key = as_key(key)
     if use_u:
@@ -170,7 +170,7 @@ def refit_many(result, Y, chunk_size: int | None = None, max_iter: int = 100,
     ``refit`` does (or at ``theta0``), for at most ``max_iter`` Newton iterations.
     ``progress``: a tqdm progress bar (default: from 20,000 responses on).
     """
-    model = _model_of(result)
+    model = model_of(result)
     Y = _check_Y(Y, model.design.n)
     start = result.theta if theta0 is None else np.asarray(theta0, np.float64)
     if start.shape != (model.ntheta,):
@@ -180,28 +180,6 @@ def refit_many(result, Y, chunk_size: int | None = None, max_iter: int = 100,
     fits = fit_responses(spec, rows, Y.shape[0], chunk_size=chunk_size, max_iter=max_iter,
                          progress=progress, desc="refits")
     return BatchResult(model, fits, rows)
-
-
-def sdcor_matrix(theta: np.ndarray, sigma: np.ndarray, structure: Structure) -> np.ndarray:
-    """(nsim, ntheta + 1) standard deviations and correlations per term, then sigma
-    (the vectorized form of :func:`mixedjax.inference.params.theta_to_sdcor`)."""
-    cols, start = [], 0
-    for k in structure.k:
-        rows_, cols_ = tril_indices(k)
-        lam = np.zeros((theta.shape[0], k, k))
-        lam[:, rows_, cols_] = theta[:, start:start + len(rows_)]
-        start += len(rows_)
-        cov = sigma[:, None, None] ** 2 * lam @ np.swapaxes(lam, 1, 2)
-        sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-        for r, c in zip(rows_, cols_):
-            if r == c:
-                cols.append(sd[:, r])
-            else:
-                denom = sd[:, r] * sd[:, c]
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    cols.append(np.where(denom > 0, cov[:, r, c] / denom, np.nan))
-    cols.append(sigma)
-    return np.column_stack(cols)
 
 
 class BatchResult:
@@ -293,22 +271,3 @@ class BatchResult:
                 f"({'REML' if self.model.reml else 'ML'}); {self.n_failed} did not converge "
                 f"(left out of the summary), {int(self.singular.sum())} singular")
         return head + "\n" + self.summary().to_string()
-
-
-def bootstrap(result, nsim: int, key=None, **kwargs):
-    """Parametric bootstrap (see :func:`mixedjax.bootstrap.bootstrap`)."""
-    from .bootstrap import bootstrap as _bootstrap
-    return _bootstrap(result, nsim=nsim, key=key, **kwargs)
-
-
-def pb_test(m0, m1, nsim: int = 1000, key=None, **kwargs):
-    """Parametric-bootstrap LRT (see :func:`mixedjax.bootstrap.pb_test`)."""
-    from .bootstrap import pb_test as _pb_test
-    return _pb_test(m0, m1, nsim=nsim, key=key, **kwargs)
-
-
-def __getattr__(name):
-    if name in ("BootstrapResult", "PBTestResult"):
-        from . import bootstrap as _boot
-        return getattr(_boot, name)
-    raise AttributeError(f"module 'mixedjax.simulate' has no attribute {name!r}")

@@ -40,6 +40,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import routing
+
 __all__ = ["Structure", "Placement", "tril_indices", "initial_theta", "lower_bounds",
            "rectify_theta", "lambdas", "diagonal_mask", "analyze", "bucket"]
 
@@ -161,14 +163,17 @@ def rectify_theta(theta, structure: Structure, xp=np):
 
 
 def lambdas(theta, structure: Structure, xp=np) -> list:
-    """theta -> the lower-triangular relative covariance factor lambda of each term."""
+    """theta (..., ntheta) -> the lower-triangular relative covariance factor lambda of
+    each term, (..., k, k); leading axes (replicates) broadcast."""
     out = []
     for k, sl in zip(structure.k, structure.theta_slices):
+        block = theta[..., sl]
         if k == 1:
-            out.append(xp.reshape(theta[sl], (1, 1)))
+            out.append(block[..., None])
             continue
-        vals = xp.concatenate([theta[sl], xp.zeros(1, dtype=theta.dtype)])
-        out.append(vals[_tril_positions(k)])          # index -1: the appended zero
+        zero = xp.zeros(block.shape[:-1] + (1,), dtype=theta.dtype)
+        vals = xp.concatenate([block, zero], axis=-1)
+        out.append(vals[..., _tril_positions(k)])     # index -1: the appended zero
     return out
 
 
@@ -254,7 +259,7 @@ def _cost(ks, ms, n_cl, slots, mid, border, p) -> float:
 
 
 def choose_blocks(codes: list[np.ndarray], ks: list[int], ms: list[int], p: int,
-                  max_border: int = 2000):
+                  max_border: int = routing.MAX_BORDER):
     """Choose the middle and border terms (module docstring) by flop count.
 
     ``codes``/``ks``/``ms``: every term's level codes, columns and levels in lme4's

@@ -6,7 +6,7 @@ blocks, and when two fits run side by side (joblib, two notebooks, Dask workers 
 one machine) each one's threads wait on the other's: on 2 cores two InstEval-sized
 fits took 2 to 20 s each instead of 1 s.  So a fit limits BLAS to one thread while
 it runs, unless its dense block is large enough for threads to pay
-(:data:`THREADED_WORK`); small fits never reach BLAS's threading and are left
+(:data:`mixedjax.routing.THREADED_WORK`); small fits never reach BLAS's threading and are left
 alone.  The limit is set with threadpoolctl, for NumPy's and SciPy's OpenBLAS
 alike, and restored afterwards.
 
@@ -21,12 +21,10 @@ import contextlib
 import functools
 import os
 
-__all__ = ["blas_threads", "set_blas_threads", "THREADED_WORK", "SMALL_WORK"]
+from . import routing
 
-# Flops of one factorization (the dense blocks) from which BLAS threads pay off,
-# and below which BLAS does not thread anyway.
-THREADED_WORK = 2e10
-SMALL_WORK = 1e6
+__all__ = ["blas_threads", "set_blas_threads"]
+
 
 _CHOICE: dict[str, int | None] = {"threads": None}
 
@@ -73,7 +71,7 @@ def blas_threads(structure):
         return contextlib.nullcontext()
     if n is None:
         work = dense_work(structure)
-        if work < SMALL_WORK or work >= THREADED_WORK:
+        if work < routing.SMALL_WORK or work >= routing.THREADED_WORK:
             return contextlib.nullcontext()
         n = 1
     return _limit(n)

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import mixedjax
-from mixedjax import crossprod, criterion, factor, structure
+from mixedjax import crossprod, criterion, factor, routing, structure
 from mixedjax.backend import NUMPY, jax_backend
 from mixedjax.design import make_design
 
@@ -122,23 +121,25 @@ def test_numpy_value_and_gradient_equal_dense_oracle(name, reml):
         assert em.value(theta) == pytest.approx(f, rel=1e-14)
 
 
+def _value_grad_hess(fun, theta, thetas):
+    """Value, gradient, Hessian at theta and values over thetas, in one compiled call."""
+    return jax.jit(lambda t, ts: (fun(t), jax.grad(fun)(t), jax.hessian(fun)(t),
+                                  jax.vmap(fun)(ts)))(theta, thetas)
+
+
 @pytest.mark.parametrize("name,reml", [(n, True) for n in FAMILIES] + [("crossed_vector", False)])
 def test_jax_objective_gradient_hessian_equal_dense_oracle(name, reml):
     d, A, _ = _model(name, reml)
     Aj = crossprod.to_device(A)
     dense = Dense(d)
     theta = jnp.asarray(_theta(A.structure, 4))
-    obj = jax.jit(lambda t: criterion.objective(t, Aj, reml))
-    f, g = jax.value_and_grad(obj)(theta)
-    H = jax.jit(jax.hessian(lambda t: criterion.objective(t, Aj, reml)))(theta)
-    f0, g0 = jax.jit(jax.value_and_grad(lambda t: dense.value(t, reml)))(theta)
-    H0 = jax.jit(jax.hessian(lambda t: dense.value(t, reml)))(theta)
+    thetas = jnp.stack([theta, jnp.asarray(_theta(A.structure, 5))])
+    f, g, H, batch = _value_grad_hess(lambda t: criterion.objective(t, Aj, reml), theta, thetas)
+    f0, g0, H0, _ = _value_grad_hess(lambda t: dense.value(t, reml), theta, thetas[:1])
     assert abs(float(f - f0)) <= 1e-10 * abs(float(f0))
     np.testing.assert_allclose(g, g0, rtol=1e-8, atol=1e-8 * float(jnp.max(jnp.abs(g0))))
     np.testing.assert_allclose(H, H0, rtol=1e-7, atol=1e-7 * float(jnp.max(jnp.abs(H0))))
-    # vmap over thetas and jit agree with single evaluations.
-    thetas = jnp.stack([theta, jnp.asarray(_theta(A.structure, 5))])
-    batch = jax.jit(jax.vmap(lambda t: criterion.objective(t, Aj, reml)))(thetas)
+    # vmap over thetas agrees with a single evaluation
     assert float(batch[0]) == pytest.approx(float(f), rel=1e-13)
 
 
@@ -200,7 +201,7 @@ def test_solve_and_conditional_variances_equal_dense_oracle(name, reml):
 def test_dense_coupling_equals_pairs(monkeypatch):
     """Past PAIR_LIMIT the first term's coupling is a dense product: same numbers."""
     _, A, _ = _model("crossed_vector")
-    monkeypatch.setattr(crossprod, "PAIR_LIMIT", 0)
+    monkeypatch.setattr(routing, "PAIR_LIMIT", 0)
     _, Ad, _ = _model("crossed_vector")
     assert Ad.structure.dense_coupling and not A.structure.dense_coupling
     theta = _theta(A.structure, 8)

@@ -139,7 +139,7 @@ def test_power_of_a_null_effect_is_the_level():
     ({"test": 3}, TypeError, "test must be a string"),
     ({"test": "y ~ trt + (1 | g)"}, ValueError, "not smaller"),
     ({"nsim": 0}, ValueError, "nsim must be a positive integer"),
-    ({"alpha": 1.5}, ValueError, "alpha must be between"),
+    ({"alpha": 1.5}, ValueError, "alpha must be strictly between"),
     ({"params": {"beta": BETA, "sigma": 1.0}}, ValueError, "needs params"),
     ({"params": {**PARAMS, "beta": [1.0]}}, ValueError, "beta must have 3 entries"),
     ({"design": [1, 2]}, TypeError, "DataFrame"),

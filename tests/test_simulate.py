@@ -237,7 +237,7 @@ def test_bad_design_and_bootstrap_input(sleep_fit, sleepstudy, boot):
     with pytest.raises(ValueError, match="lacks fixed effect"):
         mixedjax.simulate_design("Reaction ~ Days + (1 | Subject)", data,
                                  {"beta": {"Days": 1.0}, "sigma": 1.0, "sd": {"Subject": 1}})
-    with pytest.raises(ValueError, match="level must be between"):
+    with pytest.raises(ValueError, match="level must be strictly between"):
         boot.intervals(1.2)
     with pytest.raises(ValueError, match="method must be"):
         boot.intervals(method="bca")

@@ -89,7 +89,7 @@ def confint(result, method: str = "profile", level: float = 0.95, parm=None,
         raise ValueError(f"unknown confint method {method!r}; use 'profile', 'wald' "
                          "or 'boot'")
     method = _METHODS[method.lower()]
-    level = _check_level(level)
+    level = check_level(level)
     names = _select_parm(result, parm)
     if method == "wald":
         lower, upper = _wald(result, names, level)
@@ -101,12 +101,13 @@ def confint(result, method: str = "profile", level: float = 0.95, parm=None,
                         index=pd.Index(names))
 
 
-def _check_level(level) -> float:
-    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating, np.integer)):
-        raise TypeError(f"level must be a number in (0, 1), got {type(level).__name__}")
+def check_level(level, name: str = "level") -> float:
+    """Validate a probability argument (a confidence level, a test's alpha) and return it as a float."""
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number in (0, 1), got {type(level).__name__}")
     level = float(level)
     if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be strictly between 0 and 1, got {level}")
+        raise ValueError(f"{name} must be strictly between 0 and 1, got {level}")
     return level
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..structure import Structure, lambdas, tril_indices
 
-__all__ = ["sdcor_names", "parameter_names", "theta_to_sdcor", "sdcor_values"]
+__all__ = ["sdcor_names", "parameter_names", "sdcor_matrix", "theta_to_sdcor", "sdcor_values"]
 
 
 def sdcor_names(terms) -> list[str]:
@@ -45,31 +45,38 @@ def parameter_names(result) -> list[str]:
     return sdcor_names(result.model.design.terms) + list(result.fixef.index)
 
 
-def theta_to_sdcor(theta, sigma, structure: Structure):
-    """(theta, sigma) -> vector of sds and correlations per term, then sigma.
+def sdcor_matrix(theta, sigma, structure: Structure, xp=np):
+    """(theta, sigma) -> standard deviations and correlations per term, then sigma.
 
-    Pure jnp, so it vmaps over bootstrap replicates.  A zero standard deviation
-    gives a NaN correlation, as lme4 reports it.
+    ``theta`` is (..., ntheta) and ``sigma`` (...): leading axes are replicates, so
+    one call covers a bootstrap.  ``xp`` is NumPy or ``jax.numpy`` (pure, so it
+    differentiates and vmaps).  A zero standard deviation gives a NaN correlation, as
+    lme4 reports it.
     """
+    sigma = xp.asarray(sigma, dtype=theta.dtype)
     out = []
-    for lam in lambdas(jnp.asarray(theta, jnp.float64), structure, jnp):
-        cov = sigma ** 2 * lam @ lam.T
-        sd = jnp.sqrt(jnp.diagonal(cov))
-        rows, cols = tril_indices(lam.shape[0])
+    for lam in lambdas(theta, structure, xp):
+        cov = sigma[..., None, None] ** 2 * (lam @ xp.swapaxes(lam, -1, -2))
+        sd = xp.sqrt(xp.diagonal(cov, axis1=-2, axis2=-1))
+        rows, cols = tril_indices(lam.shape[-1])
         for r, c in zip(rows, cols):
             if r == c:
-                out.append(sd[r])
+                out.append(sd[..., r])
             else:
-                denom = sd[r] * sd[c]
-                out.append(jnp.where(denom > 0, cov[r, c] / jnp.where(denom > 0, denom, 1.0),
-                                     jnp.nan))
-    out.append(jnp.asarray(sigma, jnp.float64))
-    return jnp.stack(out)
+                denom = sd[..., r] * sd[..., c]
+                safe = xp.where(denom > 0, denom, 1.0)
+                out.append(xp.where(denom > 0, cov[..., r, c] / safe, np.nan))
+    out.append(sigma)
+    return xp.stack(out, axis=-1)
+
+
+def theta_to_sdcor(theta, sigma, structure: Structure):
+    """:func:`sdcor_matrix` of one fit in JAX (differentiable, vmaps)."""
+    return sdcor_matrix(jnp.asarray(theta, jnp.float64), jnp.asarray(sigma, jnp.float64),
+                        structure, jnp)
 
 
 def sdcor_values(result) -> np.ndarray:
-    """The sd/cor/sigma vector of a fit (numpy; nothing to compile)."""
-    from ..simulate import sdcor_matrix
-
-    return sdcor_matrix(np.asarray(result.theta, np.float64)[None],
-                        np.asarray([result.sigma], np.float64), result.model.structure)[0]
+    """The sd/cor/sigma vector of a fit (NumPy; nothing to compile)."""
+    return sdcor_matrix(np.asarray(result.theta, np.float64), np.float64(result.sigma),
+                        result.model.structure)

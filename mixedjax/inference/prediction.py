@@ -37,6 +37,8 @@ from scipy.linalg import solve_triangular
 
 from .. import factor
 from ..backend import NUMPY
+from ..design import map_levels, newdata_matrix, terms_in_re_form
+from .confint import check_level
 
 __all__ = ["predict_interval"]
 
@@ -54,10 +56,8 @@ def predict_interval(result, newdata: pd.DataFrame | None = None, level: float =
     prediction error the interval uses (see the module docstring for what it
     includes), and ``lwr``, ``upr`` = fit -/+ qnorm((1 + level) / 2) * se.
     """
-    from ..result import _terms_in_re_form
-    from .confint import _check_level
 
-    level = _check_level(level)
+    level = check_level(level)
     for name, flag in (("include_residual", include_residual),
                        ("include_re_variance", include_re_variance),
                        ("allow_new_levels", allow_new_levels)):
@@ -65,7 +65,7 @@ def predict_interval(result, newdata: pd.DataFrame | None = None, level: float =
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     if newdata is not None and not isinstance(newdata, pd.DataFrame):
         raise TypeError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
-    include = _terms_in_re_form(re_form, result.model.design.terms)
+    include = terms_in_re_form(re_form, result.model.design.terms)
     fit = result.predict(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
     X, rows = _model_rows(result, newdata, include, include_re_variance, allow_new_levels)
     scaled = _quadratic_form(result, X, rows)
@@ -90,21 +90,20 @@ class _TermRows:
 
 
 def _model_rows(result, newdata, include, need_excluded: bool, allow_new_levels: bool):
-    from ..result import _build, _map_levels
 
     d = result.model.design
     if newdata is None:
         rows = [_TermRows(t.codes if inc else np.full(d.n, -1), t.Z, inc)
                 for t, inc in zip(d.terms, include)]
         return d.X, rows
-    X = _build(d.x_design_info, newdata, "fixed effects")[:, d.x_perm][:, d.x_keep]
+    X = newdata_matrix(d.x_design_info, newdata, "fixed effects")[:, d.x_perm][:, d.x_keep]
     rows = []
     for t, inc in zip(d.terms, include):
         if not inc and not need_excluded:
             rows.append(_TermRows(np.full(len(newdata), -1), None, False))
             continue
-        Z = _build(t.design_info, newdata, f"random term ({t.expr} | {t.group_name})")
-        codes = (_map_levels(t, newdata, allow_new_levels) if inc
+        Z = newdata_matrix(t.design_info, newdata, f"random term ({t.expr} | {t.group_name})")
+        codes = (map_levels(t, newdata, allow_new_levels) if inc
                  else np.full(len(newdata), -1))
         rows.append(_TermRows(codes, Z, inc))
     return X, rows

@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import ConvergenceWarning
+from ..fitting import ConvergenceWarning
 from ..compiled import newton
 from . import likelihood as lik
-from .model import NlmeModel, build_model
+from .model import NlmeModel, build_model, free_indices
 
 __all__ = ["lme", "gls", "fit_model"]
 
@@ -59,17 +59,6 @@ def initial_params(model: NlmeModel) -> np.ndarray:
         parts.append((r == c).astype(np.float64))
     parts += [np.asarray(model.bvar.start), np.asarray(model.bcor.start)]
     return np.concatenate([np.asarray(p, np.float64).reshape(-1) for p in parts])
-
-
-def free_indices(model: NlmeModel) -> tuple[int, ...]:
-    """Positions of the optimized parameters (fixed structures are held)."""
-    nt, nv, nc = model.layout.sizes
-    free = list(range(nt))
-    if not model.bvar.fixed:
-        free += range(nt, nt + nv)
-    if not model.bcor.fixed:
-        free += range(nt + nv, nt + nv + nc)
-    return tuple(free)
 
 
 def _optimize(model, arrays, x0, free, max_iter):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..design import _factor_codes
+from ..design import factor_codes
 from ..formula import FormulaError, parse_formula
 
 __all__ = ["Form", "ReLevel", "parse_form", "parse_random", "group_codes", "Packing",
@@ -189,7 +189,7 @@ def group_codes(data: pd.DataFrame, columns: tuple[str, ...]):
     ``order`` over the grouping factors, outermost first, as nlme sorts its data).
     Returns ``(codes, labels, keys)``; labels join the values with ``/``.
     """
-    comp = [_factor_codes(data[c]) for c in columns]
+    comp = [factor_codes(data[c]) for c in columns]
     stacked = np.stack([c for c, _ in comp], axis=1)
     uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
     keys = [tuple(comp[j][1][u[j]] for j in range(len(columns))) for u in uniq]

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..design import (_independent_columns, _model_matrix, _r_column_order, _response,
+from ..design import (independent_columns, model_matrix, r_column_order, response_vector,
                       quote_dotted, r_column_name)
 from ..formula import FormulaError, formula_variables, parse_formula
 from .corstruct import NO_CORRELATION, BoundCor, CorStruct
@@ -26,7 +26,7 @@ from .grouping import Packing, ReLevel, group_codes, make_packing, parse_random
 from .likelihood import Arrays, Layout
 from .varfunc import NO_VARIANCE, BoundVar, VarFixed, VarFunc
 
-__all__ = ["NlmeModel", "Term", "build_model"]
+__all__ = ["NlmeModel", "Term", "build_model", "free_indices"]
 
 
 @dataclass
@@ -140,12 +140,12 @@ def _complete_rows(data: pd.DataFrame, columns: list[str]):
 
 
 def _fixed_matrix(parsed, data):
-    y = _response(data, parsed.response)
-    X_full, info = _model_matrix(parsed.fixed, data, "fixed-effects")
-    perm = _r_column_order(info, quote_dotted(parsed.fixed, data.columns))
+    y = response_vector(data, parsed.response)
+    X_full, info = model_matrix(parsed.fixed, data, "fixed-effects")
+    perm = r_column_order(info, quote_dotted(parsed.fixed, data.columns))
     X_full = X_full[:, perm]
     names = [r_column_name(info.column_names[j]) for j in perm]
-    keep = _independent_columns(X_full) if X_full.shape[1] else np.zeros(0, bool)
+    keep = independent_columns(X_full) if X_full.shape[1] else np.zeros(0, bool)
     aliased = [nm for nm, k in zip(names, keep) if not k]
     if aliased:
         warnings.warn(f"fixed-effect model matrix is rank deficient: dropping {aliased}",
@@ -281,7 +281,7 @@ def _make_terms(levels, data, n) -> list[Term]:
     terms = []
     for i, lev in enumerate(levels):
         for expr in lev.exprs:
-            Z, info = _model_matrix(expr, data, f"random-effects term ({expr} | {lev.name})")
+            Z, info = model_matrix(expr, data, f"random-effects term ({expr} | {lev.name})")
             if Z.shape[1] == 0:
                 raise ValueError(f"random-effects term ({expr} | {lev.name}) has no columns")
             terms.append(Term(level=i, expr=expr, Z=Z, design_info=info,
@@ -308,3 +308,14 @@ def _pack(packing: Packing, X, y, terms, codes, vcov, vidx, ctime, csub) -> Arra
         vcov=pad(np.asarray(vcov, np.float64), 1.0), vidx=pad(vidx, 0), vcode=None,
         ctime=pad(np.asarray(ctime, np.float64), 0.0), csub=pad(csub, -1), cinf=None,
         beta0=jnp.asarray(beta0, dtype=jnp.float64))
+
+
+def free_indices(model: NlmeModel) -> tuple[int, ...]:
+    """Positions of the optimized parameters (fixed structures are held)."""
+    nt, nv, nc = model.layout.sizes
+    free = list(range(nt))
+    if not model.bvar.fixed:
+        free += range(nt, nt + nv)
+    if not model.bcor.fixed:
+        free += range(nt + nv, nt + nv + nc)
+    return tuple(free)

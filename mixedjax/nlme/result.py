@@ -17,13 +17,14 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import patsy
 import scipy.stats
 
 from ..optim import STATUS
 from . import likelihood as lik
 from .dfrule import containment_df
+from ..design import newdata_matrix
 from .grouping import label
+from .model import free_indices
 
 __all__ = ["LmeResult", "GlsResult", "blups"]
 
@@ -84,7 +85,6 @@ class _NlmeResult:
     @property
     def npar(self) -> int:
         """Fixed effects, free covariance parameters and sigma (nlme's logLik df)."""
-        from .fit import free_indices
         return self.model.p + len(free_indices(self.model)) + 1
 
     @property
@@ -198,7 +198,7 @@ class _NlmeResult:
                 raise TypeError(f"newdata must be a pandas DataFrame, got "
                                 f"{type(newdata).__name__}")
             d = self.model
-            X = _build(d.x_design_info, newdata, "fixed effects")[:, d.x_perm][:, d.x_keep]
+            X = newdata_matrix(d.x_design_info, newdata, "fixed effects")[:, d.x_perm][:, d.x_keep]
             rows, index = self._new_rows(newdata, level), newdata.index
         rows = [r if t.level < level else None for r, t in zip(rows, self.model.terms)]
         return pd.Series(self._linear_predictor(X, rows), index=index, name="predicted")
@@ -228,7 +228,7 @@ class _NlmeResult:
                       for i, k in enumerate(self.model.level_keys[t.level])}
             keys = zip(*[newdata[c].map(label) for c in lev.columns])
             codes = np.array([lookup.get(tuple(k), -1) for k in keys], dtype=np.int64)
-            rows.append((codes, _build(t.design_info, newdata, f"random term {t.expr}")))
+            rows.append((codes, newdata_matrix(t.design_info, newdata, f"random term {t.expr}")))
         return rows
 
     def _linear_predictor(self, X, rows):
@@ -382,16 +382,3 @@ def _optinfo(opt, x0, x, outer, elapsed) -> dict:
             "grad_max": float(np.max(np.abs(opt.grad))),
             "hessian_min_eigenvalue": float(evals[0]), "x0": np.asarray(x0), "x": x,
             "seconds": elapsed, "outer_iterations": outer}
-
-
-def _build(info, data, what):
-    from ..formula import formula_variables
-    needed = [v for f in info.factor_infos for v in formula_variables(f.code)]
-    missing = [v for v in dict.fromkeys(needed) if v not in data.columns]
-    if missing:
-        raise ValueError(f"newdata lacks column(s) {missing} needed for the {what}")
-    try:
-        return np.asarray(patsy.build_design_matrices([info], data, NA_action="raise")[0],
-                          dtype=np.float64)
-    except patsy.PatsyError as err:
-        raise ValueError(f"cannot build the {what} for newdata: {err}") from None

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..design import _model_matrix
+from ..design import model_matrix
 from .grouping import Form, group_codes, label, parse_form
 
 __all__ = ["VarFunc", "VarIdent", "VarPower", "VarExp", "VarFixed", "BoundVar", "StructSpec",
@@ -136,7 +136,7 @@ def covariate_values(data: pd.DataFrame, expr: str, where: str) -> np.ndarray:
             raise TypeError(f"{where}: covariate {expr!r} must be numeric, got dtype "
                             f"{col.dtype}")
         return col.to_numpy(dtype=np.float64)
-    mat, _ = _model_matrix(f"0 + {expr}", data, f"{where} covariate")
+    mat, _ = model_matrix(f"0 + {expr}", data, f"{where} covariate")
     if mat.shape[1] != 1:
         raise TypeError(f"{where}: covariate {expr!r} must be one numeric column")
     return mat[:, 0]

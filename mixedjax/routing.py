@@ -1,0 +1,35 @@
+"""Every threshold that routes a computation to one specialization or another, in one
+place.  None of them changes a result beyond round-off; each only chooses how the one
+definition is computed.  Tests may lower a threshold (``monkeypatch.setattr``) to
+run the other route on small data."""
+
+__all__ = ["UNROLL", "MAX_BORDER", "PAIR_LIMIT", "SCALAR_SHORTCUT", "THREADED_WORK",
+           "SMALL_WORK", "STEP_ITER"]
+
+# backend: factor blocks of up to this many columns by unrolled elementwise code
+# (batched over levels) rather than a LAPACK call per block.
+UNROLL = 6
+
+# structure.choose_blocks: at most this many columns (levels x k) in the dense border
+# block; later terms beyond it stay in the sparse middle block.
+MAX_BORDER = 2000
+
+# crossprod: beyond this many pairs of coupling entries (pairs of later-term columns
+# that share a first-term level) the first term's Schur update is a dense product
+# instead of a sum over pairs (MovieLens-sized data: users with thousands of ratings
+# give ~2e8 pairs).
+PAIR_LIMIT = 50_000_000
+
+# criterion (eager gradient): a scalar term with |lambda| above this takes the
+# diagonal-only form of its trace-rule derivative, (1/lambda) sum (1 - G_cc); closer to
+# zero it uses the general form, which has no division by lambda.
+SCALAR_SHORTCUT = 1e-3
+
+# threads: flops of one factorization from which BLAS threads pay off, and below
+# which BLAS does not thread anyway.
+THREADED_WORK = 2e10
+SMALL_WORK = 1e6
+
+# batch: Newton iterations per compiled kernel call of a batched refit, between which
+# finished lanes are refilled with new replicates.
+STEP_ITER = 4
