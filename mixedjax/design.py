@@ -3,8 +3,8 @@
 :func:`make_design` returns a :class:`Design`: the response ``y``, the fixed-effects
 matrix ``X`` (through patsy, with R's column names), and one :class:`ReTerm` per
 random-effects term with its grouping codes and its per-row model matrix.  Terms
-are ordered as lme4 orders them (decreasing number of levels, ties in formula
-order), so ``theta`` has lme4's layout.  The encodings needed to build ``X`` and
+are ordered as lme4 orders them (:func:`lme4_term_order`), so ``theta`` has lme4's
+layout.  The encodings needed to build ``X`` and
 ``Z`` for new data are kept on the design.
 """
 
@@ -20,7 +20,7 @@ import patsy
 from ._warn import warn_user
 from .formula import ParsedFormula, RandomTerm, formula_variables, parse_formula, quote_dotted
 
-__all__ = ["ReTerm", "Design", "make_design", "r_column_name", "newdata_matrix", "map_levels",
+__all__ = ["ReTerm", "Design", "make_design", "lme4_term_order", "r_column_name", "newdata_matrix", "map_levels",
            "terms_in_re_form"]
 
 
@@ -210,6 +210,17 @@ def model_matrix(expr: str, data: pd.DataFrame, what: str):
     return np.asarray(mat, dtype=np.float64), mat.design_info
 
 
+def lme4_term_order(nlevels) -> list[int]:
+    """lme4's order of the random-effects terms (``mkReTrms``): when the numbers of
+    levels are not already non-increasing, ``rev(order(nl))``, i.e. decreasing
+    number of levels with ties in reverse formula order; otherwise formula order."""
+    nl = list(nlevels)
+    if all(a >= b for a, b in zip(nl, nl[1:])):
+        return list(range(len(nl)))
+    ascending = sorted(range(len(nl)), key=lambda i: nl[i])   # stable, as R's order()
+    return ascending[::-1]
+
+
 def r_column_order(info, fixed: str) -> np.ndarray:
     """Column permutation from patsy's term order to R's.
 
@@ -346,8 +357,7 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
     n = len(y)
 
     terms = [_make_term(t, sub, n) for t in parsed.random]
-    # lme4 orders terms by decreasing number of levels; sorted() is stable.
-    terms = sorted(terms, key=lambda t: -t.nlevels)
+    terms = [terms[i] for i in lme4_term_order([t.nlevels for t in terms])]
     nparam = X.shape[1] + sum(t.k * (t.k + 1) // 2 for t in terms) + 1
     if n <= X.shape[1]:
         raise ValueError(f"{n} observations are too few for {X.shape[1]} fixed effects")
