@@ -1,4 +1,7 @@
-"""The notebooks in notebooks/ execute without error (outputs are not compared)."""
+"""The notebooks in notebooks/ execute without error (outputs are not compared).
+
+The quick start and the sleepstudy tour run in the default test run; the longer
+notebooks are marked slow (``pytest -m slow``)."""
 
 from pathlib import Path
 
@@ -8,9 +11,12 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+DEFAULT = {"quickstart", "sleepstudy"}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", [
+    pytest.param(p, id=p.stem, marks=() if p.stem in DEFAULT else pytest.mark.slow)
+    for p in NOTEBOOKS])
 def test_notebook_executes(path):
     nb = nbformat.read(path, as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
