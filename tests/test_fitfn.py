@@ -36,7 +36,8 @@ def _data(name):
     return df
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+@pytest.fixture(scope="module", params=[
+    pytest.param(n, marks=pytest.mark.slow) if n == "penicillin" else n for n in sorted(MODELS)])
 def case(request):
     fit = mixedjax.lmer(MODELS[request.param][0], _data(request.param))
     return request.param, fit, mixedjax.fit_fn(fit)

@@ -146,7 +146,7 @@ def test_reference_designs_equal_dense(case):
 
 
 @pytest.mark.parametrize("case", ["sleepstudy_reml", "penicillin_crossed", "orthodont_slopes",
-                                  "oats_splitplot"])
+                                  pytest.param("oats_splitplot", marks=pytest.mark.slow)])
 def test_gradient_matches_finite_differences(case):
     m = _model(case, reml=True)
     theta = m.initial_theta() * 0.8 + 0.05

@@ -39,6 +39,7 @@ def test_power_equals_exact_noncentral_t():
     assert res.se == pytest.approx(np.sqrt(res.power * (1 - res.power) / 600))
 
 
+@pytest.mark.slow
 def test_power_curve_and_plot():
     pc = mixedjax.power_curve(_design(), "y ~ trt + (1|g)", PARAMS, test="trt", along="n_groups",
                               values=[6, 12], group="g", nsim=300, key=2)

@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 CODE = textwrap.dedent("""
     import sys
@@ -35,6 +36,7 @@ def _columns(fit):
                             boot.replicates.to_numpy()])
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one(tmp_path, sleep_fit):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
