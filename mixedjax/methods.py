@@ -1,6 +1,7 @@
 """The methods of :class:`~mixedjax.result.LMMResult` that the layers above the fit
 compute: small-sample inference, intervals, likelihood-ratio tests, simulation and
-bootstrap, influence, and the lme4-style summary.
+bootstrap, influence, R² and ICC, per-level coefficients, broom-style tables, and the
+lme4-style summary.
 
 :mod:`mixedjax.result` sits below those layers and imports none of them (the package
 has no import cycle, function-level imports included); this module, imported by
@@ -14,7 +15,7 @@ import pandas as pd
 
 from .result import LMMResult
 
-__all__ = ["METHODS"]
+__all__ = ["METHODS", "PROPERTIES"]
 
 
 def coef_table(self, ddf: str | None = "Satterthwaite") -> pd.DataFrame:
@@ -90,12 +91,58 @@ def influence(self, groups=None, exact: bool = False, **kwargs):
     return impl(self, groups=groups, exact=exact, **kwargs)
 
 
+def r2(self, tolerance: float = 1e-5) -> pd.Series:
+    """Marginal and conditional R² (Nakagawa & Schielzeth 2013, with Johnson's 2014
+    random slopes), as ``performance::r2_nakagawa``: ``R2_conditional``,
+    ``R2_marginal`` (see :mod:`mixedjax.inference.variance`)."""
+    from .inference.variance import r2_nakagawa as impl
+    return impl(self, tolerance=tolerance)
+
+
+def icc(self, tolerance: float = 1e-5) -> pd.Series:
+    """Adjusted and conditional intraclass correlation, as ``performance::icc``:
+    ``ICC_adjusted``, ``ICC_conditional`` (see :mod:`mixedjax.inference.variance`)."""
+    from .inference.variance import icc as impl
+    return impl(self, tolerance=tolerance)
+
+
+def rePCA(self) -> dict[str, pd.DataFrame]:  # noqa: N802 - lme4's name
+    """Principal components of each grouping factor's random effects, as lme4's
+    ``summary(rePCA(m))`` (see :func:`mixedjax.inference.effects.rePCA`)."""
+    from .inference.effects import rePCA as impl
+    return impl(self)
+
+
+def tidy(self, effects=("fixed", "ran_pars"), scales: str = "sdcor", conf_int: bool = False,
+         conf_level: float = 0.95, conf_method: str = "Wald",
+         ddf_method: str | None = "Satterthwaite", **kwargs) -> pd.DataFrame:
+    """One row per estimate, as broom.mixed's ``tidy(m)`` of an lmerTest fit
+    (see :mod:`mixedjax.tidy`)."""
+    from .tidy import tidy as impl
+    return impl(self, effects=effects, scales=scales, conf_int=conf_int,
+                conf_level=conf_level, conf_method=conf_method, ddf_method=ddf_method,
+                **kwargs)
+
+
+def glance(self) -> pd.DataFrame:
+    """One row of fit statistics, as broom.mixed's ``glance(m)``."""
+    from .tidy import glance as impl
+    return impl(self)
+
+
 def summary(self, ddf: str | None = None):
     """lme4-style summary; ``ddf`` ("Satterthwaite", "Kenward-Roger", ...) adds df
     and p-values to the fixed-effects table as lmerTest's summary does.  Returns a
     :class:`mixedjax.summary.Summary`."""
     from .summary import Summary as impl
     return impl(self, ddf=ddf)
+
+
+def coef(self) -> dict[str, pd.DataFrame]:
+    """Per-level coefficients (fixed effects plus each level's conditional modes), one
+    DataFrame per grouping factor, as lme4's ``coef(m)``."""
+    from .inference.effects import coef as impl
+    return impl(self)
 
 
 def __repr__(self) -> str:
@@ -108,8 +155,11 @@ def _repr_html_(self) -> str:
 
 METHODS = {f.__name__: f for f in (
     coef_table, anova, test_contrast, emmeans, ranova, confint, predict_interval,
-    simulate, refit_many, bootstrap, influence, summary, __repr__, _repr_html_)}
+    simulate, refit_many, bootstrap, influence, r2, icc, rePCA, tidy, glance, summary,
+    __repr__, _repr_html_)}
+# Read as lme4's fixef and ranef are: attributes, not calls.
+PROPERTIES = {f.__name__: f for f in (coef,)}
 
-for _name, _method in METHODS.items():
+for _name, _method in {**METHODS, **PROPERTIES}.items():
     _method.__qualname__ = f"LMMResult.{_name}"
-    setattr(LMMResult, _name, _method)
+    setattr(LMMResult, _name, property(_method) if _name in PROPERTIES else _method)

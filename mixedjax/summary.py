@@ -33,6 +33,7 @@ def _table(rows: list[list[str]], header: list[str], align_left: set[int]) -> li
     return out
 
 
+_NEGLIGIBLE = 1e-16  # variances below round-off of the largest one print as 0
 SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
 _DDF_TITLE = {"Satterthwaite": "Satterthwaite's method", "Kenward-Roger": "Kenward-Roger's method",
               "residual": "residual degrees of freedom"}
@@ -121,6 +122,14 @@ class Summary:
     def random_effects_rows(self) -> list[list[str]]:
         m = self.result
         vc = m.varcorr
+        # A variance at the boundary is zero up to round-off (theta ~ 1e-19, not lme4's
+        # exact 0): shown as 0 rather than as 40 digits of noise.
+        floor = _NEGLIGIBLE * np.nanmax(np.abs(vc.vcov.to_numpy()))
+        sd_floor = np.sqrt(floor)
+
+        def cell(x, tiny):
+            return _fmt(0.0 if abs(x) < tiny else x)
+
         rows = []
         for grp, block in vc.groupby("grp", sort=False):
             if grp == "Residual":
@@ -133,9 +142,9 @@ class Summary:
                 for j in range(i):
                     c = corrs[(corrs.var1 == names[j]) & (corrs.var2 == names[i])].sdcor
                     corr_cells.append(f"{c.iloc[0]:.2f}" if len(c) else "")
-                rows.append([grp if i == 0 else "", r.var1, _fmt(r.vcov), _fmt(r.sdcor),
-                             " ".join(corr_cells)])
-        rows.append(["Residual", "", _fmt(m.sigma ** 2), _fmt(m.sigma), ""])
+                rows.append([grp if i == 0 else "", r.var1, cell(r.vcov, floor),
+                             cell(r.sdcor, sd_floor), " ".join(corr_cells)])
+        rows.append(["Residual", "", cell(m.sigma ** 2, floor), cell(m.sigma, sd_floor), ""])
         return rows
 
     def coef_table(self) -> pd.DataFrame:
@@ -180,8 +189,10 @@ class Summary:
         if m.n_dropped:
             notes.append(f"{m.n_dropped} row(s) with missing values were dropped")
         if m.singular:
+            # lme4 points to help('isSingular'); the principal components of the
+            # random effects show which directions have no support.
             notes.append("boundary (singular) fit: a variance is estimated as zero or a "
-                         "correlation as +-1")
+                         "correlation as +-1; see m.rePCA()")
         if not m.converged:
             notes.append(f"optimizer did not converge: {m.optinfo['message']}")
         if m.model.design.aliased:
