@@ -4,7 +4,9 @@
 example and prints its summary;
 ``mixedjax fit DATA "FORMULA" [--ml] [--ddf Satterthwaite|Kenward-Roger] [--factors a,b]``
 fits a CSV file (or a bundled data set by name) and prints the summary;
-``mixedjax datasets`` lists the bundled data sets.
+``mixedjax datasets`` lists the bundled data sets.  Column names are written as in
+R: bare (``yield``, ``größe``, ``a.b``) or in backticks (```my days```), in the
+formula and in ``--factors``.
 
 Bad input (a missing file, a formula that does not parse, a column not in the
 data) ends with exit status 2 and one line on stderr, never a traceback.
@@ -85,8 +87,11 @@ def _read(path: str) -> pd.DataFrame:
 
 
 def _factors(data: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    from .formula import column_name
     cols = [c.strip() for item in names for c in item.split(",") if c.strip()]
     for col in cols:
+        if col not in data.columns:   # written as in the formula: `my g` or Q("my g")
+            col = column_name(col) or col
         if col not in data.columns:
             raise UsageError(f"--factors names column {col!r}, not in the data; columns: "
                              f"{list(data.columns)}")

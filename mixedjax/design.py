@@ -10,7 +10,9 @@ layout.  The encodings needed to build ``X`` and
 
 from __future__ import annotations
 
+import keyword
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,10 +20,12 @@ import pandas as pd
 import patsy
 
 from ._warn import warn_user
-from .formula import ParsedFormula, RandomTerm, formula_variables, parse_formula, quote_dotted
+from .formula import (ParsedFormula, RandomTerm, column_name, formula_variables, parse_formula,
+                      quote_columns, rename_quoted, split_top)
 
-__all__ = ["ReTerm", "Design", "make_design", "lme4_term_order", "r_column_name", "newdata_matrix", "map_levels",
-           "terms_in_re_form"]
+__all__ = ["ReTerm", "Design", "make_design", "lme4_term_order", "r_column_name", "r_name",
+           "r_model_matrix", "term_model_matrix", "check_columns", "newdata_matrix",
+           "map_levels", "terms_in_re_form"]
 
 
 @dataclass
@@ -99,22 +103,38 @@ _R_FUNCTIONS = {
 _EVAL_ENV = patsy.EvalEnvironment([_R_FUNCTIONS])
 
 _PATSY_LEVEL = re.compile(r"^(?P<name>.*?)\[(?:T\.)?(?P<level>.*)\]$")
+_R_SYNTACTIC = re.compile(r"(?:[^\W\d_]|\.(?!\d))[\w.]*|\.")
+# R's reserved words (?Reserved): a column so named is written `if` in R.
+_R_RESERVED = frozenset({
+    "if", "else", "repeat", "while", "function", "for", "next", "break", "in", "TRUE",
+    "FALSE", "NULL", "Inf", "NaN", "NA", "NA_integer_", "NA_real_", "NA_complex_",
+    "NA_character_", "..."})
+
+
+def r_name(name: str) -> str:
+    """A column name as R deparses it: bare when syntactic (``a.b``, ``größe``,
+    ``yield``), in backticks otherwise (```my days```, ```if```), as R's
+    ``model.matrix`` names its columns."""
+    if _R_SYNTACTIC.fullmatch(name) and name not in _R_RESERVED:
+        return name
+    return "`" + name.replace("`", "\\`") + "`"
 
 
 def r_column_name(name: str) -> str:
     """patsy column name -> R's model.matrix name.
 
     ``Intercept`` -> ``(Intercept)``; ``V[T.Marvellous]:N[T.0.2cwt]`` ->
-    ``VMarvellous:N0.2cwt``; ``I(x ** 2)`` -> ``I(x^2)``; ``Q("a.b")`` -> ``a.b``.
+    ``VMarvellous:N0.2cwt``; ``I(x ** 2)`` -> ``I(x^2)``; ``Q("a.b")`` -> ``a.b``;
+    ``Q("my days")`` -> ```my days```.
     """
     if name == "Intercept":
         return "(Intercept)"
     parts = []
-    for piece in name.split(":"):
+    for _, piece in split_top(name, ":"):
         m = _PATSY_LEVEL.match(piece)
         if m:
             piece = m.group("name") + m.group("level")
-        piece = re.sub(r"Q\([\"'](.*?)[\"']\)", r"\1", piece)
+        piece = rename_quoted(piece, r_name)
         parts.append(piece.replace(" ** ", "^").replace("**", "^"))
     return ":".join(parts)
 
@@ -176,38 +196,96 @@ def _check_columns(data: pd.DataFrame, parsed: ParsedFormula) -> list[str]:
             if name not in used:
                 used.append(name)
 
-    add(formula_variables(parsed.response), "response")
-    add(formula_variables(parsed.fixed), "fixed effects")
+    add(formula_variables(parsed.response, data.columns), "response")
+    add(formula_variables(parsed.fixed, data.columns), "fixed effects")
     for term in parsed.random:
-        add(formula_variables(term.expr), f"random term {term}")
+        add(formula_variables(term.expr, data.columns), f"random term {term}")
         add(term.group, f"grouping factor of {term}")
     return used
 
 
+def check_columns(data: pd.DataFrame, names) -> None:
+    """Named errors for the columns a model uses: a name given to several columns
+    (``ValueError``: which column is meant is ambiguous) and complex values
+    (``TypeError``: a linear mixed model is fitted to real numbers)."""
+    names = list(dict.fromkeys(names))
+    dup = [n for n in names if int((data.columns == n).sum()) > 1]
+    if dup:
+        raise ValueError(f"data has several columns named {dup}; give each column a "
+                         "distinct name")
+    for name in names:
+        if pd.api.types.is_complex_dtype(data[name]):
+            raise TypeError(f"column {name!r} has complex values; the model needs real "
+                            "numbers (take .real, .imag or abs() explicitly)")
+
+
+def _check_finite_matrix(mat: np.ndarray, names, what: str, index) -> None:
+    """A named error for non-finite values made by the formula's transformations
+    (an overflow in ``I(x^2)``, ``log(0)``): lme4 refuses them as well."""
+    bad = ~np.isfinite(mat)
+    if bad.any():
+        cols = [names[j] for j in np.flatnonzero(bad.any(axis=0))]
+        rows = list(index[bad.any(axis=1)][:5])
+        raise ValueError(f"{what}: column(s) {cols} have {int(bad.sum())} non-finite "
+                         f"value(s) (inf or NaN; rows {rows}); check the data and the "
+                         "formula's transformations (an overflow as in I(x^2) of a huge x, "
+                         "log(0), ...)")
+
+
+def _message(err: Exception, expr: str, columns) -> str:
+    """patsy's message without its caret diagram; a syntax error in words (most often
+    a Python keyword, as in ``x + if``, that is not a column of the data)."""
+    if isinstance(err, SyntaxError):
+        words = [w for w in re.findall(r"[^\W\d]\w*", expr)
+                 if keyword.iskeyword(w) and w not in columns]
+        if words:
+            return (f"{words[0]!r} is not a column of the data (and, as a Python keyword, "
+                    "not an expression either)")
+        return f"invalid syntax ({err.msg})"
+    return err.message if hasattr(err, "message") else str(err)
+
+
 def response_vector(data: pd.DataFrame, expr: str) -> np.ndarray:
+    """The response: a numeric column, or a patsy expression of columns (``log(y)``)."""
     if expr in data.columns:
         col = data[expr]
+        if pd.api.types.is_complex_dtype(col):
+            raise TypeError(f"response {expr!r} has complex values; the model needs real "
+                            "numbers")
         if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
             raise TypeError(f"response {expr!r} must be numeric, got dtype {col.dtype}")
-        return col.to_numpy(dtype=np.float64)
-    try:
-        mat = patsy.dmatrix(f"0 + {expr}", data, NA_action="raise", eval_env=_EVAL_ENV)
-    except patsy.PatsyError as err:
-        raise ValueError(f"cannot evaluate response {expr!r}: {err}") from None
-    if mat.shape[1] != 1:
-        raise TypeError(f"response {expr!r} must be a single numeric column, got "
-                        f"{mat.shape[1]} columns (is it categorical?)")
-    return np.asarray(mat, dtype=np.float64)[:, 0]
+        y = col.to_numpy(dtype=np.float64)
+    else:
+        try:
+            with np.errstate(all="ignore"):
+                mat = patsy.dmatrix(f"0 + {quote_columns(expr, data.columns)}", data,
+                                    NA_action="raise", eval_env=_EVAL_ENV)
+        except (patsy.PatsyError, SyntaxError) as err:
+            raise ValueError(f"cannot evaluate response {expr!r}: "
+                             f"{_message(err, expr, data.columns)}") from None
+        if mat.shape[1] != 1:
+            raise TypeError(f"response {expr!r} must be a single numeric column, got "
+                            f"{mat.shape[1]} columns (is it categorical?)")
+        y = np.asarray(mat, dtype=np.float64)[:, 0]
+    _check_finite_matrix(y[:, None], [r_column_name(expr)], "the response", data.index)
+    return y
 
 
 def model_matrix(expr: str, data: pd.DataFrame, what: str):
+    """patsy's model matrix of ``expr`` (columns in patsy's order) and its design
+    info; a named error for a non-finite entry."""
     try:
-        mat = patsy.dmatrix(quote_dotted(expr, data.columns), data, NA_action="raise",
-                            return_type="matrix", eval_env=_EVAL_ENV)
-    except patsy.PatsyError as err:
+        with np.errstate(all="ignore"):
+            mat = patsy.dmatrix(quote_columns(expr, data.columns), data, NA_action="raise",
+                                return_type="matrix", eval_env=_EVAL_ENV)
+    except (patsy.PatsyError, SyntaxError) as err:
         raise ValueError(f"cannot build the {what} model matrix from {expr!r}: "
-                         f"{err.message if hasattr(err, 'message') else err}") from None
-    return np.asarray(mat, dtype=np.float64), mat.design_info
+                         f"{_message(err, expr, data.columns)}") from None
+    info = mat.design_info
+    mat = np.asarray(mat, dtype=np.float64)
+    _check_finite_matrix(mat, [r_column_name(c) for c in info.column_names],
+                         f"the {what} model matrix", data.index)
+    return mat, info
 
 
 def lme4_term_order(nlevels) -> list[int]:
@@ -237,6 +315,37 @@ def r_column_order(info, fixed: str) -> np.ndarray:
     if sorted(perm) != list(range(len(info.column_names))):
         return np.arange(len(info.column_names))
     return np.asarray(perm, dtype=np.int64)
+
+
+def r_model_matrix(expr: str, data: pd.DataFrame, what: str):
+    """The model matrix of ``expr`` with R's column order and names (R's
+    ``model.matrix``): returns ``(matrix, patsy design info, perm, names)``, where
+    ``perm`` (:func:`r_column_order`) maps the design info's columns to the matrix's."""
+    mat, info = model_matrix(expr, data, what)
+    perm = r_column_order(info, quote_columns(expr, data.columns))
+    return mat[:, perm], info, perm, [r_column_name(info.column_names[j]) for j in perm]
+
+
+def _reordered(info, perm: np.ndarray):
+    """The patsy design info whose columns come in the order ``perm`` (whole terms,
+    as :func:`r_column_order` gives), so that new data builds in that order too."""
+    if np.array_equal(perm, np.arange(len(perm))):
+        return info
+    position = np.empty_like(perm)
+    position[perm] = np.arange(len(perm))
+    terms = sorted(info.term_codings, key=lambda t: position[info.term_slices[t].start])
+    return patsy.DesignInfo([info.column_names[j] for j in perm],
+                            factor_infos=info.factor_infos,
+                            term_codings=OrderedDict((t, info.term_codings[t]) for t in terms))
+
+
+def term_model_matrix(expr: str, data: pd.DataFrame, what: str):
+    """A random-effects term's model matrix in R's column order (lme4's ``mkReTrms``
+    calls ``model.matrix``: ``(standLRT + sex | school)`` gives (Intercept),
+    standLRT, sexM), with R's names and a design info that builds new data in the
+    same order: ``(Z, info, names)``."""
+    Z, info, perm, names = r_model_matrix(expr, data, what)
+    return Z, _reordered(info, perm), names
 
 
 def independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
@@ -284,9 +393,12 @@ def _row_values(data: pd.DataFrame, spec, what: str) -> tuple[np.ndarray | None,
     if spec is None:
         return None, None
     if isinstance(spec, str):
+        if spec not in data.columns:   # R's `my w` or patsy's Q("my w")
+            spec = column_name(spec) or spec
         if spec not in data.columns:
             raise ValueError(f"{what} column {spec!r} not found in data; "
                              f"available columns: {list(data.columns)}")
+        check_columns(data, [spec])
         col = data[spec]
         if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
             raise TypeError(f"{what} column {spec!r} must be numeric, got dtype {col.dtype}")
@@ -295,8 +407,9 @@ def _row_values(data: pd.DataFrame, spec, what: str) -> tuple[np.ndarray | None,
     if values.ndim != 1 or len(values) != len(data):
         raise ValueError(f"{what} must be a column name or have one value per row of data "
                          f"({len(data)}), got shape {values.shape}")
-    if not np.issubdtype(values.dtype, np.number) or values.dtype == bool:
-        raise TypeError(f"{what} must be numeric, got dtype {values.dtype}")
+    if not np.issubdtype(values.dtype, np.number) or values.dtype == bool \
+            or np.issubdtype(values.dtype, np.complexfloating):
+        raise TypeError(f"{what} must be real numbers, got dtype {values.dtype}")
     return values.astype(np.float64), None
 
 
@@ -317,6 +430,7 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
         raise ValueError(f"formula {parsed.formula!r} has no random-effects term such as "
                          "(1 | g); use an ordinary linear model for fixed effects only")
     used = _check_columns(data, parsed)
+    check_columns(data, used)
     w_all, w_name = _row_values(data, weights, "weights")
     off_all, off_name = _row_values(data, offset, "offset")
     sub = data[used]
@@ -343,10 +457,7 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
             sub[name] = sub[name].cat.remove_unused_categories()
 
     y = response_vector(sub, parsed.response)
-    X_full, x_info = model_matrix(parsed.fixed, sub, "fixed-effects")
-    x_perm = r_column_order(x_info, quote_dotted(parsed.fixed, sub.columns))
-    X_full = X_full[:, x_perm]
-    xnames_full = [r_column_name(x_info.column_names[j]) for j in x_perm]
+    X_full, x_info, x_perm, xnames_full = r_model_matrix(parsed.fixed, sub, "fixed-effects")
     keep = independent_columns(X_full) if X_full.shape[1] else np.zeros(0, bool)
     aliased = [nm for nm, k in zip(xnames_full, keep) if not k]
     if aliased:
@@ -371,7 +482,7 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
 
 def _make_term(term: RandomTerm, data: pd.DataFrame, n: int) -> ReTerm:
     codes, labels, keys = _group_codes(data, term.group)
-    Z, info = model_matrix(term.expr, data, f"random-effects term {term}")
+    Z, info, cnames = term_model_matrix(term.expr, data, f"random-effects term {term}")
     if Z.shape[1] == 0:
         raise ValueError(f"random-effects term {term} has no columns")
     nl = len(labels)
@@ -386,22 +497,27 @@ def _make_term(term: RandomTerm, data: pd.DataFrame, n: int) -> ReTerm:
         raise ValueError(f"term {term} has {nl * Z.shape[1]} random effects for {n} "
                          "observations; the model is not identifiable")
     return ReTerm(expr=term.expr, group=term.group, levels=labels, codes=codes, Z=Z,
-                  cnames=[r_column_name(c) for c in info.column_names], design_info=info,
-                  level_keys=keys)
+                  cnames=cnames, design_info=info, level_keys=keys)
 
 
 def newdata_matrix(info, data, what):
     """A fitted term's model matrix built for new rows from its patsy encoding (the
     factor levels and stateful transforms of the fit), with a named error for a
     missing column."""
-    missing = [f for f in factor_names(info) if f not in data.columns]
+    names = factor_names(info)
+    missing = [f for f in names if f not in data.columns]
     if missing:
         raise ValueError(f"newdata lacks column(s) {missing} needed for the {what}")
+    check_columns(data, names)
     try:
-        return np.asarray(patsy.build_design_matrices([info], data, NA_action="raise")[0],
-                          dtype=np.float64)
+        with np.errstate(all="ignore"):
+            mat = np.asarray(patsy.build_design_matrices([info], data, NA_action="raise")[0],
+                             dtype=np.float64)
     except patsy.PatsyError as err:
         raise ValueError(f"cannot build the {what} for newdata: {err}") from None
+    _check_finite_matrix(mat, [r_column_name(c) for c in info.column_names],
+                         f"the {what} for newdata", data.index)
+    return mat
 
 
 def factor_names(info) -> list[str]:

@@ -199,9 +199,20 @@ class LMM:
                 f"terms={[str(t.group_name) for t in d.terms]}, reml={self.reml})")
 
 
+# lmer's control= entries and the LMM.fit argument each sets.
+_CONTROL = {"max_iter": "max_iter"}
+
+
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True, theta0=None,
-         max_iter: int = 200, weights=None, offset=None):
+         max_iter: int | None = None, weights=None, offset=None, optimizer: str = "auto",
+         control: dict | None = None):
     """Fit a linear mixed model by REML (default) or ML, as lme4's ``lmer``.
+
+    ``weights``, ``offset``: as lme4's (a column name or one value per row);
+    ``optimizer``: "auto" or "bfgs" (eager BFGS on the exact gradient) or "newton"
+    (the compiled exact-Hessian Newton loop), as :meth:`LMM.fit`; ``control``: a dict
+    of optimizer settings, as lme4's ``control = lmerControl(...)``: ``max_iter``
+    (the iteration limit, default 200; also accepted as the argument ``max_iter``).
 
     >>> import mixedjax
     >>> m = mixedjax.lmer("Reaction ~ Days + (Days | Subject)",
@@ -209,5 +220,22 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, theta0=None,
     >>> round(m.objective, 3)
     1743.628
     """
+    settings = {"max_iter": max_iter}
+    if control is not None:
+        if not isinstance(control, dict):
+            raise TypeError(f"control must be a dict such as {{'max_iter': 500}}, got "
+                            f"{type(control).__name__}")
+        unknown = [k for k in control if k not in _CONTROL]
+        if unknown:
+            raise ValueError(f"unknown control setting(s) {unknown}; lmer's control "
+                             f"accepts {sorted(_CONTROL)}")
+        for key, value in control.items():
+            arg = _CONTROL[key]
+            if settings[arg] is not None and settings[arg] != value:
+                raise ValueError(f"{arg} is given both as an argument ({settings[arg]!r}) "
+                                 f"and in control ({value!r}); give it once")
+            settings[arg] = value
+    if settings["max_iter"] is None:
+        settings["max_iter"] = 200
     model = LMM.from_formula(formula, data, reml=reml, weights=weights, offset=offset)
-    return model.fit(theta0=theta0, max_iter=max_iter)
+    return model.fit(theta0=theta0, optimizer=optimizer, **settings)

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from . import factor
+from ._warn import warn_user
 from .backend import NUMPY
-from .criterion import condvar, dof
+from .criterion import condvar, dof, value
 from .design import map_levels, newdata_matrix, terms_in_re_form
 from .optim import STATUS
 from .structure import diagonal_mask, lambdas, per_term, per_term_blocks
@@ -96,7 +97,24 @@ class LMMResult:
 
     @property
     def deviance(self) -> float:
+        """-2 log-likelihood at the estimates of an ML fit (lme4's ``deviance``).  For a
+        REML fit lme4 (1.1) warns and returns the REML criterion; so does this
+        property: use :attr:`reml_crit` for it."""
+        if self.reml:
+            warn_user("deviance of a REML fit is the REML criterion (lme4 deprecates "
+                      "deviance() for REML fits); use reml_crit for it, or refit with "
+                      "reml=False for the deviance")
         return self.objective
+
+    @functools.cached_property
+    def reml_crit(self) -> float:
+        """The REML criterion (-2 REML log-likelihood), lme4's ``REMLcrit``: the
+        criterion at convergence of a REML fit; for an ML fit, the REML criterion
+        evaluated at the ML estimate of theta (lme4's ``devCrit(REML = TRUE)``)."""
+        if self.reml:
+            return self.objective
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(value(self.theta, self.model.blocks, True, NUMPY))
 
     @property
     def aic(self) -> float:

@@ -106,7 +106,7 @@ def test_all_nan_response(df):
     ("y ~ x + (1|g", r"unbalanced parentheses"),
     ("y ~ x + 1|g)", r"unbalanced parentheses"),
     ("y ~ x + ((1|g)", r"unbalanced parentheses"),
-    ("y ~ x + 1|g", r"must be enclosed in parentheses"),
+    ("y ~ x + (1|g) | h", r"more than one bar"),   # y ~ x + 1|g is lme4's (x + 1 | g)
     ("y ~ x + (1 | g + h)", r"grouping factor 'g \+ h'"),
     ("y ~ x", r"no random-effects term"),
     ("y ~ x + (1)", r"no random-effects term"),

@@ -13,19 +13,16 @@ marginal covariance is a batch of small ``m x m`` matrices (:class:`Packing`).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ..design import factor_codes
-from ..formula import FormulaError, parse_formula
+from ..formula import FormulaError, column_name, parse_formula, split_top, translate_r_syntax
 
 __all__ = ["Form", "ReLevel", "parse_form", "parse_random", "group_codes", "Packing",
            "make_packing", "label", "sorted_positions"]
-
-_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 
 
 @dataclass(frozen=True)
@@ -62,12 +59,11 @@ def _split_bar(text: str) -> tuple[str, str | None]:
 
 def _parse_levels(text: str, where: str) -> tuple[tuple[str, ...], ...]:
     levels = []
-    for piece in text.split("/"):
-        cols = tuple(c.strip().strip("`") for c in re.split(r"[:*]", piece))
-        for c in cols:
-            if not _NAME.fullmatch(c):
-                raise ValueError(f"grouping factor {piece.strip()!r} in {where} is not a "
-                                 "column name or an interaction a:b of column names")
+    for _, piece in split_top(text, "/"):
+        cols = tuple(column_name(c) for _, c in split_top(piece, ":*"))
+        if any(c is None for c in cols):
+            raise ValueError(f"grouping factor {piece.strip()!r} in {where} is not a "
+                             "column name or an interaction a:b of column names")
         levels.append(cols)
     return tuple(levels)
 
@@ -81,7 +77,10 @@ def parse_form(form: str, where: str) -> Form:
     if not text.startswith("~"):
         raise ValueError(f"{where}: form {form!r} must be a one-sided formula starting "
                          "with '~', such as '~ 1 | g' or '~ age'")
-    lhs, rhs = _split_bar(text[1:])
+    try:
+        lhs, rhs = _split_bar(translate_r_syntax(text[1:]))
+    except FormulaError as err:
+        raise ValueError(f"{where}: {err}") from None
     if rhs is not None and not rhs:
         raise ValueError(f"{where}: form {form!r} has nothing after '|'")
     cov = None if lhs in ("", "1") else lhs
@@ -125,6 +124,9 @@ def _levels_from_form(form: Form) -> tuple[ReLevel, ...]:
 
 
 def _levels_from_bars(random: str) -> tuple[ReLevel, ...]:
+    if len(split_top(random, "|")) > 1:
+        raise ValueError(f"cannot parse random = {random!r}: write nlme's one-sided "
+                         "formula '~ 1 | g' or lme4's bars in parentheses, '(1 | g)'")
     try:
         parsed = parse_formula(f"y__ ~ 0 + {random}")
     except FormulaError as err:

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..design import (independent_columns, model_matrix, r_column_order, response_vector,
-                      quote_dotted, r_column_name)
+from ..design import (check_columns, independent_columns, r_model_matrix, response_vector,
+                      term_model_matrix)
 from ..formula import FormulaError, formula_variables, parse_formula
 from .corstruct import NO_CORRELATION, BoundCor, CorStruct
 from .grouping import Packing, ReLevel, group_codes, make_packing, parse_random
@@ -128,6 +128,7 @@ def _complete_rows(data: pd.DataFrame, columns: list[str]):
     if missing:
         raise ValueError(f"column(s) {missing} not found in data; available columns: "
                          f"{list(data.columns)}")
+    check_columns(data, columns)
     sub = data[columns]
     complete = ~sub.isna().any(axis=1).to_numpy()
     if not complete.any():
@@ -141,10 +142,7 @@ def _complete_rows(data: pd.DataFrame, columns: list[str]):
 
 def _fixed_matrix(parsed, data):
     y = response_vector(data, parsed.response)
-    X_full, info = model_matrix(parsed.fixed, data, "fixed-effects")
-    perm = r_column_order(info, quote_dotted(parsed.fixed, data.columns))
-    X_full = X_full[:, perm]
-    names = [r_column_name(info.column_names[j]) for j in perm]
+    X_full, info, perm, names = r_model_matrix(parsed.fixed, data, "fixed-effects")
     keep = independent_columns(X_full) if X_full.shape[1] else np.zeros(0, bool)
     aliased = [nm for nm, k in zip(names, keep) if not k]
     if aliased:
@@ -182,12 +180,13 @@ def _cumulative(levels):
     return out
 
 
-def _used_columns(parsed, levels, weights, correlation) -> list[str]:
-    cols = formula_variables(parsed.response) + formula_variables(parsed.fixed)
+def _used_columns(parsed, levels, weights, correlation, columns) -> list[str]:
+    cols = (formula_variables(parsed.response, columns)
+            + formula_variables(parsed.fixed, columns))
     for lev in levels:
         cols += list(lev.columns)
         for e in lev.exprs:
-            cols += formula_variables(e)
+            cols += formula_variables(e, columns)
     for s in (weights, correlation):
         if s is not None:
             cols += s.columns()
@@ -209,7 +208,7 @@ def build_model(kind: str, formula, data, random=None, weights=None, correlation
             f"gls with {correlation!r} and no grouping factor would treat all rows as one "
             "series (an n x n covariance); give the groups, e.g. '~ 1 | g'")
     data_sub, n_dropped = _complete_rows(data, _used_columns(parsed, levels, weights,
-                                                             correlation))
+                                                             correlation, data.columns))
     y, X, xnames, info, perm, keep = _fixed_matrix(parsed, data_sub)
     n = len(y)
 
@@ -281,11 +280,11 @@ def _make_terms(levels, data, n) -> list[Term]:
     terms = []
     for i, lev in enumerate(levels):
         for expr in lev.exprs:
-            Z, info = model_matrix(expr, data, f"random-effects term ({expr} | {lev.name})")
+            Z, info, cnames = term_model_matrix(expr, data,
+                                                f"random-effects term ({expr} | {lev.name})")
             if Z.shape[1] == 0:
                 raise ValueError(f"random-effects term ({expr} | {lev.name}) has no columns")
-            terms.append(Term(level=i, expr=expr, Z=Z, design_info=info,
-                              cnames=[r_column_name(c) for c in info.column_names]))
+            terms.append(Term(level=i, expr=expr, Z=Z, design_info=info, cnames=cnames))
     return terms
 
 
