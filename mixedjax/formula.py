@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["RandomTerm", "ParsedFormula", "FormulaError", "parse_formula",
-           "formula_variables", "quote_columns", "quote_dotted", "column_name",
+           "formula_variables", "quote_columns", "column_name",
            "translate_r_syntax", "split_top", "rename_quoted"]
 
 # An R name: letters (any script), digits, '_' and '.', not starting with a digit or
@@ -390,6 +390,3 @@ def rename_quoted(text: str, rename) -> str:
     """``text`` with each ``Q("name")`` replaced by ``rename(name)``."""
     return _Q_CALL.sub(lambda m: rename(ast.literal_eval(m.group(1))), text)
 
-
-# The earlier name of quote_columns, when only dotted names were quoted.
-quote_dotted = quote_columns

@@ -1,4 +1,4 @@
-"""Parsing of lme4 formulas (parse_formula, formula_variables, quote_dotted) and
+"""Parsing of lme4 formulas (parse_formula, formula_variables, quote_columns) and
 their end-to-end effect on the design built from bundled data sets."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 import mixedjax
 from mixedjax import make_design, parse_formula
-from mixedjax.formula import RandomTerm, formula_variables, quote_dotted
+from mixedjax.formula import RandomTerm, formula_variables, quote_columns
 
 
 def _ws(text: str) -> str:
@@ -135,8 +135,8 @@ def test_formula_variables(expr, names):
     ("xa.b + a.b2", ["a.b"], "xa.b + a.b2"),
     ("x + z", ["x", 3, None], "x + z"),
 ])
-def test_quote_dotted(expr, columns, expected):
-    assert quote_dotted(expr, columns) == expected
+def test_quote_columns(expr, columns, expected):
+    assert quote_columns(expr, columns) == expected
 
 
 # -- end to end on bundled data ------------------------------------------------------------

@@ -108,14 +108,14 @@ def fixed_terms(design) -> list[FixedTerm]:
 
 def _appearance_order(design) -> dict[str, int]:
     """Variables by first appearance in the formula (R orders a term's variables so)."""
-    from ..formula import quote_dotted
+    from ..formula import quote_columns
 
     rank: dict[str, int] = {}
     frame = getattr(design, "frame", None)
     fixed = design.formula.fixed
     try:
         if frame is not None:
-            fixed = quote_dotted(fixed, frame.columns)
+            fixed = quote_columns(fixed, frame.columns)
         written = patsy.ModelDesc.from_formula(fixed).rhs_termlist
     except patsy.PatsyError:
         written = design.x_design_info.terms

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
+
+from ..design import r_name
+from ..formula import rename_quoted
 
 __all__ = ["NlmeSummary", "format_vector"]
 
@@ -91,7 +95,7 @@ class NlmeSummary:
         levels = r.model.levels
         for i, lev in enumerate(levels):
             terms = [(t, P) for t, P in zip(r.model.terms, r.covariances) if t.level == i]
-            expr = " + ".join(t.expr.replace(" ", "").removeprefix("0+") for t, _ in terms)
+            expr = " + ".join(_compact(t.expr).removeprefix("0+") for t, _ in terms)
             lines.append(f" Formula: ~{expr} | {lev.display}")
             names = [c for t, _ in terms for c in t.cnames]
             sds = [s for _, P in terms for s in np.sqrt(np.diag(P))]
@@ -233,3 +237,9 @@ class NlmeSummary:
         return self.text()
 
     __repr__ = __str__
+
+
+def _compact(expr: str) -> str:
+    """A term's expression as nlme prints it: no spaces around operators, column
+    names as R writes them (```my days```)."""
+    return rename_quoted(re.sub(r"\s*([-+*:/|])\s*", r"\1", expr.strip()), r_name)
