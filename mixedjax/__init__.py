@@ -42,6 +42,7 @@ _LAZY = {
     "CorSymm": "mixedjax.nlme",
     "fit_fn": "mixedjax.fitfn",
     "FitParams": "mixedjax.fitfn",
+    "load": "mixedjax.persist",
 }
 
 

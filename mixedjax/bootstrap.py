@@ -27,6 +27,7 @@ from .batch import fit_responses, fit_spec
 from .inference.confint import check_level, percent_labels
 from .inference.params import parameter_names, sdcor_values
 from .model import LMM
+from .persist import save
 from .simparams import Simulator, as_key, check_nsim
 from .simulate import BatchResult, model_of, fitted_params
 
@@ -58,6 +59,11 @@ class BootstrapResult:
     @property
     def nsim(self) -> int:
         return len(self.converged)
+
+    def save(self, path) -> None:
+        """Write the bootstrap to the file ``path`` (with a format version);
+        :func:`mixedjax.load` reads it back."""
+        save(self, path)
 
     @property
     def n_failed(self) -> int:
@@ -138,6 +144,11 @@ class PBTestResult:
         self.converged = converged
         self.formulas = formulas
         self.seconds = seconds
+
+    def save(self, path) -> None:
+        """Write the test to the file ``path`` (with a format version);
+        :func:`mixedjax.load` reads it back."""
+        save(self, path)
 
     @property
     def p_value(self) -> float:

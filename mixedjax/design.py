@@ -5,7 +5,9 @@ matrix ``X`` (through patsy, with R's column names), and one :class:`ReTerm` per
 random-effects term with its grouping codes and its per-row model matrix.  Terms
 are ordered as lme4 orders them (:func:`lme4_term_order`), so ``theta`` has lme4's
 layout.  The encodings needed to build ``X`` and
-``Z`` for new data are kept on the design.
+``Z`` for new data are kept on the design; they pickle as plain descriptions
+(:mod:`mixedjax.persist`), so a design, and a fit, can be saved and sent to
+other processes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import patsy
 from ._warn import warn_user
 from .formula import (ParsedFormula, RandomTerm, column_name, formula_variables, parse_formula,
                       quote_columns, rename_quoted, split_top)
+from .persist import decode_infos, encode_infos
 
 __all__ = ["ReTerm", "Design", "make_design", "lme4_term_order", "r_column_name", "r_name",
            "r_model_matrix", "term_model_matrix", "check_columns", "newdata_matrix",
@@ -45,6 +48,13 @@ class ReTerm:
     cnames: list[str]
     design_info: object = field(repr=False)
     level_keys: list[tuple] = field(repr=False, default_factory=list)
+
+    # patsy's design infos pickle as plain descriptions (mixedjax.persist).
+    def __getstate__(self):
+        return encode_infos(self.__dict__, ["design_info"])
+
+    def __setstate__(self, state):
+        self.__dict__.update(decode_infos(state, ["design_info"], EVAL_ENV))
 
     @property
     def group_name(self) -> str:
@@ -84,6 +94,12 @@ class Design:
     # codings and reference grids from it, as R's model.frame(model).
     frame: pd.DataFrame | None = field(repr=False, default=None)
 
+    def __getstate__(self):
+        return encode_infos(self.__dict__, ["x_design_info"])
+
+    def __setstate__(self, state):
+        self.__dict__.update(decode_infos(state, ["x_design_info"], EVAL_ENV))
+
     @property
     def n(self) -> int:
         return len(self.y)
@@ -94,13 +110,14 @@ class Design:
 
 
 # Functions R formulas use, available by their R names (patsy would otherwise look
-# them up in the caller's namespace, where they rarely exist).
+# them up in the caller's namespace, where they rarely exist); a loaded design
+# rebuilds its encodings in the same namespace.
 _R_FUNCTIONS = {
     "log": np.log, "log10": np.log10, "log2": np.log2, "log1p": np.log1p, "exp": np.exp,
     "sqrt": np.sqrt, "abs": np.abs, "sin": np.sin, "cos": np.cos, "tan": np.tan,
     "np": np,
 }
-_EVAL_ENV = patsy.EvalEnvironment([_R_FUNCTIONS])
+EVAL_ENV = patsy.EvalEnvironment([_R_FUNCTIONS])
 
 _PATSY_LEVEL = re.compile(r"^(?P<name>.*?)\[(?:T\.)?(?P<level>.*)\]$")
 _R_SYNTACTIC = re.compile(r"(?:[^\W\d_]|\.(?!\d))[\w.]*|\.")
@@ -259,7 +276,7 @@ def response_vector(data: pd.DataFrame, expr: str) -> np.ndarray:
         try:
             with np.errstate(all="ignore"):
                 mat = patsy.dmatrix(f"0 + {quote_columns(expr, data.columns)}", data,
-                                    NA_action="raise", eval_env=_EVAL_ENV)
+                                    NA_action="raise", eval_env=EVAL_ENV)
         except (patsy.PatsyError, SyntaxError) as err:
             raise ValueError(f"cannot evaluate response {expr!r}: "
                              f"{_message(err, expr, data.columns)}") from None
@@ -277,7 +294,7 @@ def model_matrix(expr: str, data: pd.DataFrame, what: str):
     try:
         with np.errstate(all="ignore"):
             mat = patsy.dmatrix(quote_columns(expr, data.columns), data, NA_action="raise",
-                                return_type="matrix", eval_env=_EVAL_ENV)
+                                return_type="matrix", eval_env=EVAL_ENV)
     except (patsy.PatsyError, SyntaxError) as err:
         raise ValueError(f"cannot build the {what} model matrix from {expr!r}: "
                          f"{_message(err, expr, data.columns)}") from None

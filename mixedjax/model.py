@@ -29,6 +29,7 @@ from .backend import NUMPY
 from .criterion import EagerModel
 from .design import Design, make_design
 from .fitting import ConvergenceWarning, FitOutput, OPTIMIZERS, choose_optimizer, fit_eager
+from .persist import plain_state
 from .start import moment_start
 from .structure import Structure, analyze, initial_theta, tril_indices
 
@@ -66,6 +67,14 @@ class LMM:
         design = make_design(formula, data, weights=weights, offset=offset)
         name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
         return cls(design, reml=reml, data_name=name)
+
+    # Pickling keeps the design and the NumPy cross-products; the cached device arrays,
+    # the eager criterion and the coupling are rebuilt on first use after loading.
+    def __getstate__(self):
+        return plain_state(self)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     @property
     def structure(self) -> Structure:

@@ -19,6 +19,7 @@ from .backend import NUMPY
 from .criterion import condvar, dof, value
 from .design import map_levels, newdata_matrix, terms_in_re_form
 from .optim import STATUS
+from .persist import plain_state, save
 from .structure import diagonal_mask, lambdas, per_term, per_term_blocks
 
 __all__ = ["LMMResult"]
@@ -309,6 +310,26 @@ class LMMResult:
             offset = newdata[d.offset_name].to_numpy(dtype=np.float64)
         return pd.Series(self._linear_predictor(X, rows, offset), index=newdata.index,
                          name="predicted")
+
+    # -- saving ---------------------------------------------------------------------
+    # A fit pickles with its model and design (patsy's encodings as plain
+    # descriptions, mixedjax.persist); cached values are recomputed after loading.
+    def __getstate__(self):
+        return plain_state(self)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def save(self, path) -> None:
+        """Write the fit to the file ``path``; :func:`mixedjax.load` reads it back.
+
+        The file holds a format version and the pickled fit: the model, its design
+        (formula, factor levels, contrasts, the state of stateful transforms such as
+        ``center(x)``) and the estimates, so the loaded fit predicts new data, prints
+        its summary, refits and bootstraps as the original does.  Loading unpickles:
+        load only files you trust.
+        """
+        save(self, path)
 
     # Inference, simulation, sensitivity and report methods (coef_table, anova, confint,
     # simulate, bootstrap, summary, __repr__, ...) are computed by layers above this one;

@@ -31,6 +31,7 @@ from ._warn import warn_user
 from .batch import fit_responses, fit_spec
 from .inference.params import sdcor_matrix, sdcor_names
 from .model import LMM
+from .persist import plain_state, save
 from .simparams import SimParams, Simulator, as_key, check_nsim, resolve_params
 from .result import SINGULAR_TOL
 
@@ -210,6 +211,18 @@ class BatchResult:
 
     def __len__(self) -> int:
         return len(self.objective)
+
+    # Pickling drops the cached tables (recomputed on first use after loading).
+    def __getstate__(self):
+        return plain_state(self)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def save(self, path) -> None:
+        """Write the batch to the file ``path`` (with a format version);
+        :func:`mixedjax.load` reads it back."""
+        save(self, path)
 
     @property
     def n_failed(self) -> int:
