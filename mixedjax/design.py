@@ -25,6 +25,7 @@ from ._warn import warn_user
 from .formula import (ParsedFormula, RandomTerm, column_name, formula_variables, parse_formula,
                       quote_columns, rename_quoted, split_top)
 from .persist import decode_infos, encode_infos
+from .transforms import r_scale
 
 __all__ = ["ReTerm", "Design", "make_design", "lme4_term_order", "r_column_name", "r_name",
            "r_model_matrix", "term_model_matrix", "check_columns", "newdata_matrix",
@@ -115,7 +116,7 @@ class Design:
 _R_FUNCTIONS = {
     "log": np.log, "log10": np.log10, "log2": np.log2, "log1p": np.log1p, "exp": np.exp,
     "sqrt": np.sqrt, "abs": np.abs, "sin": np.sin, "cos": np.cos, "tan": np.tan,
-    "np": np,
+    "np": np, "scale": r_scale,
 }
 EVAL_ENV = patsy.EvalEnvironment([_R_FUNCTIONS])
 
