@@ -25,6 +25,8 @@ from . import methods as _methods  # noqa: E402,F401  (attaches LMMResult's meth
 _LAZY = {
     "profiled_objective": ("mixedjax.criterion", "objective"),
     "anova": "mixedjax.inference.lrt",
+    "AIC": "mixedjax.inference.compare",
+    "BIC": "mixedjax.inference.compare",
     "pb_test": "mixedjax.bootstrap",
     "simulate_design": "mixedjax.simulate",
     "BatchResult": "mixedjax.simulate",

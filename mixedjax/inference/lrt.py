@@ -25,6 +25,7 @@ from scipy import stats
 
 from ..structure import lower_bounds, tril_indices
 from ..design import make_design, r_column_name
+from .compare import NlmeAnovaTable, is_nlme_fit, nlme_anova
 
 __all__ = ["anova", "ranova", "refit_ml", "LRTTable", "REFIT_NOTE"]
 
@@ -176,7 +177,7 @@ def format_lrt_table(table: pd.DataFrame) -> list[str]:
 # ----------------------------------------------------------------------------------
 # anova
 # ----------------------------------------------------------------------------------
-def anova(*models, refit: bool = True, **named_models) -> LRTTable:
+def anova(*models, refit: bool = True, **named_models) -> LRTTable | NlmeAnovaTable:
     """Likelihood-ratio tests of nested models, as lme4's ``anova(m0, m1, ...)``.
 
     Models given by position are named ``m0``, ``m1``, ...; by keyword
@@ -189,17 +190,24 @@ def anova(*models, refit: bool = True, **named_models) -> LRTTable:
     Raises ValueError for fewer than two models, models fitted to different
     data, models that are not nested, and ``refit=False`` with different fixed
     effects.
+
+    lme and gls fits (:func:`mixedjax.lme`, :func:`mixedjax.gls`) are compared
+    by nlme's rules instead (:func:`mixedjax.inference.compare.nlme_anova`): in
+    the order given, without refitting (``refit`` does not apply), columns
+    ``Model``, ``df``, ``AIC``, ``BIC``, ``logLik``, ``Test``, ``L.Ratio``,
+    ``p-value``; one such fit gives nlme's sequential F tests.
     """
     from ..result import LMMResult
 
     entries = [(f"m{i}", m) for i, m in enumerate(models)] + list(named_models.items())
+    if any(is_nlme_fit(m) for _, m in entries):
+        _check_unique_names(entries)
+        return nlme_anova(entries)
     if len(entries) < 2:
         raise ValueError("anova compares two or more fitted models (likelihood-ratio "
                          "tests); for F tests of one model's fixed effects use "
                          "result.anova()")
-    names = [n for n, _ in entries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model names must be unique, got {names}")
+    _check_unique_names(entries)
     for name, m in entries:
         if not isinstance(m, LMMResult):
             raise TypeError(f"model {name!r} must be a fitted model (LMMResult), got "
@@ -215,6 +223,12 @@ def anova(*models, refit: bool = True, **named_models) -> LRTTable:
     heading = ((f"Data: {data_name}",) if data_name else ()) + ("Models:",) + tuple(
         f"{n}: {f.formula}" for n, f in fits)
     return LRTTable(table=table, heading=heading, note=note)
+
+
+def _check_unique_names(entries) -> None:
+    names = [n for n, _ in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique, got {names}")
 
 
 def _check_same_data(entries) -> None:
