@@ -22,6 +22,7 @@ import pandas as pd
 import patsy
 
 from ._warn import warn_user
+from .frames import as_pandas
 from .formula import (ParsedFormula, RandomTerm, column_name, formula_variables, parse_formula,
                       quote_columns, rename_quoted, split_top)
 from .persist import decode_infos, encode_infos
@@ -441,8 +442,7 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
     weights (residual variance sigma^2 / w_i), ``offset`` a known term added to the
     linear predictor; each is a column name or an array with one value per row.
     """
-    if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    data = as_pandas(data, "data")
     parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     if not parsed.random:
         raise ValueError(f"formula {parsed.formula!r} has no random-effects term such as "

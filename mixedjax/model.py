@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import crossprod, factor
+from .frames import as_pandas
 from ._warn import warn_user
 from .backend import NUMPY
 from .criterion import EagerModel
@@ -64,8 +65,9 @@ class LMM:
         sigma^2 / w_i); ``offset``: a known term added to the linear predictor.  Each
         is a column name of ``data`` or an array with one value per row.
         """
+        data = as_pandas(data, "data")
         design = make_design(formula, data, weights=weights, offset=offset)
-        name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
+        name = data.attrs.get("name")
         return cls(design, reml=reml, data_name=name)
 
     # Pickling keeps the design and the NumPy cross-products; the cached device arrays,

@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from .backend import jax_backend
+from .frames import as_pandas, is_data_frame
 from .crossprod import with_response
 from .batch import chunk_size_for, fit_responses, fit_spec
 from .model import LMM
@@ -250,6 +251,7 @@ def power(design: pd.DataFrame, formula: str, params: dict, test: str | None = N
     check_level(alpha, "alpha")
     check_level(level, "level")
     kw = {"weights": weights, "offset": offset}
+    design = as_pandas(design, "design")
     probe = planning_model(formula, design, reml=reml, **kw)
     t = _parse_test(test, probe, formula, design, kw)
     model = probe if t.kind != "lrt" else planning_model(formula, design, reml=False, **kw)
@@ -356,16 +358,16 @@ def power_curve(design, formula: str, params: dict, along: str = "n_groups", val
         sizes.append(int(v))
     if callable(design):
         make = design
-    elif isinstance(design, pd.DataFrame):
+    elif is_data_frame(design):
         g = _group_of(formula, group)
-        make = functools.partial(resize_design, design, g, along)
+        make = functools.partial(resize_design, as_pandas(design, "design"), g, along)
     else:
         raise TypeError("design must be a DataFrame or a function size -> DataFrame")
     key = as_key(key)
     results = []
     for j, size in enumerate(sizes):
         d = make(size)
-        if not isinstance(d, pd.DataFrame):
+        if not is_data_frame(d):
             raise TypeError(f"the design function returned {type(d).__name__} for size "
                             f"{size}, not a DataFrame")
         results.append(power(d, formula, params, test=test, nsim=nsim,

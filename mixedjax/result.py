@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import factor
+from .frames import as_pandas
 from ._warn import warn_user
 from .backend import NUMPY
 from .criterion import condvar, dof, value
@@ -289,8 +290,7 @@ class LMMResult:
                     for t, inc in zip(self._design.terms, include)]
             return pd.Series(self._linear_predictor(X, rows, self._design.offset),
                              index=self._design.row_index, name="predicted")
-        if not isinstance(newdata, pd.DataFrame):
-            raise TypeError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+        newdata = as_pandas(newdata, "newdata")
         d = self._design
         X = newdata_matrix(d.x_design_info, newdata, "fixed effects")[:, d.x_perm][:, d.x_keep]
         rows = []

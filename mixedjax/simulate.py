@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .structure import bucket, diagonal_mask
+from .frames import as_pandas
 from ._warn import warn_user
 from .batch import fit_responses, fit_spec
 from .inference.params import sdcor_matrix, sdcor_names
@@ -97,8 +98,7 @@ def planning_model(formula: str, data: pd.DataFrame, reml: bool = True, weights=
     """
     from .formula import parse_formula
 
-    if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    data = as_pandas(data, "data")
     parsed = parse_formula(formula)
     name = parsed.response if parsed.response.isidentifier() else "response_"
     rhs = formula.split("~", 1)[1]

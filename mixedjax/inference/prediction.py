@@ -36,6 +36,7 @@ from scipy import stats
 from scipy.linalg import solve_triangular
 
 from .. import factor
+from ..frames import as_pandas
 from ..backend import NUMPY
 from ..design import map_levels, newdata_matrix, terms_in_re_form
 from .confint import check_level
@@ -63,8 +64,7 @@ def predict_interval(result, newdata: pd.DataFrame | None = None, level: float =
                        ("allow_new_levels", allow_new_levels)):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
-    if newdata is not None and not isinstance(newdata, pd.DataFrame):
-        raise TypeError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+    newdata = None if newdata is None else as_pandas(newdata, "newdata")
     include = terms_in_re_form(re_form, result.model.design.terms)
     fit = result.predict(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
     X, rows = _model_rows(result, newdata, include, include_re_variance, allow_new_levels)

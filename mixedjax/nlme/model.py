@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..design import (check_columns, independent_columns, r_model_matrix, response_vector,
                       term_model_matrix)
+from ..frames import as_pandas
 from ..formula import FormulaError, formula_variables, parse_formula
 from .corstruct import NO_CORRELATION, BoundCor, CorStruct
 from .grouping import Packing, ReLevel, group_codes, make_packing, parse_random
@@ -196,8 +197,7 @@ def _used_columns(parsed, levels, weights, correlation, columns) -> list[str]:
 def build_model(kind: str, formula, data, random=None, weights=None, correlation=None,
                 method="REML") -> NlmeModel:
     """Check the arguments and build the :class:`NlmeModel` (``kind``: lme or gls)."""
-    if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    data = as_pandas(data, "data")
     method = _check_method(method)
     weights, correlation = _check_structures(weights, correlation)
     parsed = _parse_fixed(formula, "fixed" if kind == "lme" else "model")

@@ -21,6 +21,7 @@ import pandas as pd
 import scipy.stats
 
 from ..optim import STATUS
+from ..frames import as_pandas
 from . import likelihood as lik
 from .dfrule import containment_df
 from ..design import EVAL_ENV, newdata_matrix
@@ -196,9 +197,7 @@ class _NlmeResult:
         if newdata is None:
             X, rows, index = self.model.X, self._own_rows(), self.model.data.index
         else:
-            if not isinstance(newdata, pd.DataFrame):
-                raise TypeError(f"newdata must be a pandas DataFrame, got "
-                                f"{type(newdata).__name__}")
+            newdata = as_pandas(newdata, "newdata")
             d = self.model
             X = newdata_matrix(d.x_design_info, newdata, "fixed effects")[:, d.x_perm][:, d.x_keep]
             rows, index = self._new_rows(newdata, level), newdata.index
