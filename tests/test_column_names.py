@@ -262,3 +262,15 @@ def test_non_finite_newdata(sleep):
     new = sleep.head(3).assign(Days=[np.inf, 1.0, 2.0])
     with pytest.raises(ValueError, match=r"\['Days'\] have 1 non-finite"):
         m.predict(new)
+
+
+def test_ranova_with_spaces_in_names():
+    """ranova rebuilds each reduced model's formula: names with spaces are written in
+    backticks, as R labels the rows."""
+    d = mixedjax.datasets.load("sleepstudy").rename(columns={"Subject": "my g", "Days": "my days"})
+    m = mixedjax.lmer("Reaction ~ `my days` + (`my days` | `my g`)", d)
+    ref = mixedjax.lmer("Reaction ~ Days + (Days | Subject)", mixedjax.datasets.load("sleepstudy"))
+    table, expected = m.ranova(), ref.ranova()
+    assert list(table.index) == ["<none>", "`my days` in (`my days` | `my g`)"]
+    np.testing.assert_allclose(table["logLik"].to_numpy(), expected["logLik"].to_numpy(),
+                               rtol=1e-10)

@@ -24,7 +24,8 @@ import patsy
 from scipy import stats
 
 from ..structure import lower_bounds, tril_indices
-from ..design import make_design, r_column_name
+from ..design import make_design, r_column_name, r_name
+from ..formula import rename_quoted
 from .compare import NlmeAnovaTable, is_nlme_fit, nlme_anova
 
 __all__ = ["anova", "ranova", "refit_ml", "LRTTable", "REFIT_NOTE"]
@@ -367,15 +368,21 @@ def ranova(result) -> pd.DataFrame:
 
 
 def _lhs_text(expr: str) -> str:
-    """A term's left-hand side spaced as R deparses it (``0 + Days``, ``a:b``)."""
-    text = re.sub(r"\s*([+*-])\s*", r" \1 ", expr.strip())
+    """A term's left-hand side spaced as R deparses it (``0 + Days``, ``a:b``), column
+    names as R writes them (```my days```)."""
+    text = re.sub(r"\s*([+*-])\s*", r" \1 ", rename_quoted(expr.strip(), r_name))
     return re.sub(r"\s*([:^])\s*", r"\1", text).replace("**", "^")
+
+
+def _group_text(term) -> str:
+    """A term's grouping factor as R writes it (```my g`:b``)."""
+    return ":".join(r_name(g) for g in term.group)
 
 
 def _reductions(random_terms):
     """(row label, remaining random terms as formula text) for each reduction,
     as lmerTest's ``get_newforms``."""
-    written = [f"({_lhs_text(t.expr)} | {t.group_name})" for t in random_terms]
+    written = [f"({_lhs_text(t.expr)} | {_group_text(t)})" for t in random_terms]
     out = []
     for i, term in enumerate(random_terms):
         others = written[:i] + written[i + 1:]
@@ -393,7 +400,7 @@ def _reductions(random_terms):
                 lhs = "1"
             else:
                 lhs = " + ".join(rest) if has_int else "0 + " + " + ".join(rest)
-            reduced = f"({lhs} | {term.group_name})"
+            reduced = f"({lhs} | {_group_text(term)})"
             label = f"{r_column_name(t.name())} in {written[i]}"
             # R's formula update drops a term that is already there.
             kept = list(dict.fromkeys(written[:i] + [reduced] + written[i + 1:]))
