@@ -31,6 +31,8 @@ import numpy as np
 from . import batchfit, routing
 from .optim import final_status
 from .crossprod import Blocks, ResponseMap
+from .result import SINGULAR_TOL
+from .start import theta_scale
 from .structure import bucket, diagonal_mask
 
 __all__ = ["FitSpec", "fit_spec", "fit_responses", "chunk_size_for", "pad_rows",
@@ -42,7 +44,10 @@ PROGRESS_MIN = 20_000  # show a progress bar by default from this many replicate
 class FitSpec(NamedTuple):
     """Everything the kernel needs about one model (arrays only; ``reml`` static).
 
-    ``R`` is the response map with rows padded to ``n_pad``; ``n`` the real rows.
+    ``R`` is the response map with rows padded to ``n_pad``; ``n`` the real rows;
+    ``scale`` the size of theta (:func:`mixedjax.start.theta_scale`); ``theta_alt``
+    (starts, ntheta) the other starts of a replicate whose fit may sit at a local
+    minimum (None: none).
     """
 
     A: Blocks
@@ -51,6 +56,8 @@ class FitSpec(NamedTuple):
     theta0: np.ndarray
     n: int
     n_pad: int
+    scale: float = 1.0
+    theta_alt: np.ndarray | None = None
 
 
 def pad_rows(R: ResponseMap, n_pad: int) -> ResponseMap:
@@ -71,16 +78,21 @@ def pad_rows(R: ResponseMap, n_pad: int) -> ResponseMap:
 
 def fit_spec(model, theta0=None) -> FitSpec:
     """The :class:`FitSpec` of an :class:`~mixedjax.model.LMM`, starting at ``theta0``
-    (default lme4's start).  Diagonal entries of the start are kept at least 0.05:
-    the criterion is even in each column of Lambda, so a start exactly at a
-    variance of 0 is a stationary point the iteration cannot leave."""
+    (default lme4's start).  Diagonal entries of the start are kept at least 0.05
+    (relative to the size of theta): the criterion is even in each column of
+    Lambda, so a start exactly at a variance of 0 is a stationary point the
+    iteration cannot leave.  lme4's start and a tenth of it are the other starts
+    (:func:`fit_responses`)."""
     n = model.design.n
     n_pad = bucket(n)
-    theta0 = model.initial_theta() if theta0 is None else np.asarray(theta0, np.float64)
+    scale = theta_scale(model.design.weights)
+    lme4_start = model.initial_theta() * scale
+    theta0 = lme4_start if theta0 is None else np.asarray(theta0, np.float64)
     diag = diagonal_mask(model.structure)
-    theta0 = np.where(diag, np.maximum(np.abs(theta0), 0.05), theta0)
+    theta0 = np.where(diag, np.maximum(np.abs(theta0), 0.05 * scale), theta0)
+    alt = [t for t in (lme4_start, 0.1 * lme4_start) if not np.allclose(t, theta0)]
     return FitSpec(A=model.arrays, R=pad_rows(model.response_map, n_pad), reml=model.reml,
-                   theta0=theta0, n=n, n_pad=n_pad)
+                   theta0=theta0, n=n, n_pad=n_pad, scale=scale, theta_alt=np.stack(alt))
 
 
 def device_mesh():
@@ -173,8 +185,9 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
     # (drawing compiles its own function): on a cold start the two compilations
     # overlap instead of adding up.  The warm-up call runs one iteration on zero
     # responses and is discarded; on a warm cache it costs a few milliseconds.
+    scale = jnp.asarray(spec.scale, jnp.float64)
     args = (_place(lanes.theta, mesh), A, R, _place(lanes.Y, mesh),
-            _place(np.ones(B, np.int64), mesh), jnp.asarray(spec.reml))
+            _place(np.ones(B, np.int64), mesh), jnp.asarray(spec.reml), scale)
     warm = threading.Thread(target=_warm_up, args=args, daemon=True)
     warm.start()
     bar = _progress(nsim, progress, desc)
@@ -188,7 +201,7 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
             warm.join()
             warm = None
         res = batchfit.fit_chunk(_place(lanes.theta, mesh), A, R, _place(lanes.Y, mesh),
-                                 _place(cap, mesh), jnp.asarray(spec.reml))
+                                 _place(cap, mesh), jnp.asarray(spec.reml), scale)
         res = jax.tree_util.tree_map(np.asarray, res)
         total = lanes.done_iter + res.iterations
         # A lane is finished when Newton stopped on its own or used up max_iter.
@@ -207,7 +220,39 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
                       Y=lanes.Y, done_iter=np.where(cont, total, 0))
     if bar is not None:
         bar.close()
+    if spec.theta_alt is not None and len(spec.theta_alt):
+        _other_starts(spec, rows, out, B, max_iter)
     return out
+
+
+def _other_starts(spec: FitSpec, rows, out: dict, chunk_size: int, max_iter: int) -> None:
+    """Refit from each of ``spec.theta_alt`` the replicates whose fit may sit at a
+    local minimum, and keep the best fit (in ``out``).
+
+    The profiled criterion can have local minima where a variance component is 0
+    (random slopes with few groups; Newton in theta, which is even in each column
+    of Lambda, stops there as at any other stationary point), so those fits and the
+    ones that did not converge are checked against lme4's start, theta = 1, and a
+    start near 0 (from which Newton reaches an optimum at 0 that it misses from
+    theta = 1); the same lane count, so the compiled kernel is reused.
+    """
+    diag = diagonal_mask(spec.A.structure)
+    suspect = ~out["converged"].astype(bool) | np.any(
+        np.abs(out["theta"][:, diag]) < SINGULAR_TOL * spec.scale, axis=1)
+    idx = np.flatnonzero(suspect)
+    if not idx.size:
+        return
+    for start in spec.theta_alt:
+        alt = fit_responses(spec._replace(theta0=start, theta_alt=None),
+                            lambda j: rows(idx[np.asarray(j)]), len(idx),
+                            chunk_size=chunk_size, max_iter=max_iter, progress=False)
+        first, second = out["objective"][idx], alt["objective"]
+        conv1, conv2 = out["converged"][idx].astype(bool), alt["converged"].astype(bool)
+        tol = 1e-9 * np.maximum(np.abs(first), 1.0)
+        better = conv2 & (~conv1 | (second < first - tol) | ~np.isfinite(first))
+        take = idx[better]
+        for f in out:
+            out[f][take] = alt[f][better]
 
 
 def _warm_up(*args) -> None:

@@ -52,10 +52,11 @@ def summary_at(sol: factor.Solution, A: Blocks, reml):
     return sigma, sigma * jnp.sqrt(jnp.diagonal(V))
 
 
-def fit_one(theta0, A: Blocks, reml, max_iter) -> FitSummary:
+def fit_one(theta0, A: Blocks, reml, max_iter, scale=1.0) -> FitSummary:
     """Fit theta by Newton from ``theta0`` and summarize the fit (pure, vmappable;
-    ``reml`` and ``max_iter`` may be traced)."""
-    out = fit_arrays(theta0, A, reml, max_iter, final=False)
+    ``reml``, ``max_iter`` and ``scale`` (:func:`mixedjax.compiled.fit_arrays`) may
+    be traced)."""
+    out = fit_arrays(theta0, A, reml, max_iter, final=False, scale=scale)
     sigma, se = summary_at(out.solution, A, reml)
     return FitSummary(theta=out.theta, theta_raw=out.opt.x, beta=out.solution.beta, stderr=se,
                       sigma=sigma, objective=out.objective, converged=out.opt.converged,
@@ -63,10 +64,12 @@ def fit_one(theta0, A: Blocks, reml, max_iter) -> FitSummary:
 
 
 @jax.jit
-def fit_chunk(theta0, A: Blocks, R: ResponseMap, Y, max_iter, reml) -> FitSummary:
+def fit_chunk(theta0, A: Blocks, R: ResponseMap, Y, max_iter, reml,
+              scale=1.0) -> FitSummary:
     """Fit every row of ``Y`` (B, n) from its row of ``theta0`` (B, ntheta), each
     for at most its entry of ``max_iter`` (B,) iterations, by REML when the boolean
-    ``reml`` is true, else by ML.
+    ``reml`` is true, else by ML; ``scale``: the size of theta
+    (:func:`mixedjax.start.theta_scale`).
 
     One compiled function per (design structure, B, n): the iteration caps and the
     REML flag are arguments, so first passes, continuations and REML and ML fits
@@ -75,6 +78,6 @@ def fit_chunk(theta0, A: Blocks, R: ResponseMap, Y, max_iter, reml) -> FitSummar
     be = jax_backend()
 
     def one(t0, y, cap):
-        return fit_one(t0, with_response(A, R, y, be), reml, cap)
+        return fit_one(t0, with_response(A, R, y, be), reml, cap, scale)
 
     return jax.vmap(one)(theta0, Y, max_iter)

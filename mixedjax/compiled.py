@@ -49,7 +49,7 @@ def solve(theta, A: Blocks, be=None):
 
 
 def fit_arrays(theta0, A: Blocks, reml=True, max_iter=200, optimizer: str = "newton",
-               gtol: float = 1e-6, final: bool = True) -> FitOutput:
+               gtol: float = 1e-6, final: bool = True, scale=1.0) -> FitOutput:
     """Fit theta from ``theta0`` by Newton (or BFGS with a difference Hessian at the
     end) and solve for beta, u, sigma at the optimum.
 
@@ -57,19 +57,26 @@ def fit_arrays(theta0, A: Blocks, reml=True, max_iter=200, optimizer: str = "new
     of responses that share one design; ``max_iter`` may be traced; ``final=False``
     keeps the optimizer's own status (see :func:`mixedjax.optim.record`).  The
     eigendecompositions are LAPACK-free (:func:`mixedjax.optim.jacobi_eigh`), so the
-    batched program never calls batched LAPACK.
+    batched program never calls batched LAPACK.  ``scale``: the search runs in
+    theta / scale (:func:`mixedjax.fitting.fit_eager`); the record is in theta.
     """
     drv = optim.traced(batched_eigh=True)
-    theta0 = jnp.asarray(theta0, jnp.float64)
+    scale = jnp.asarray(scale, jnp.float64)
+    t0 = jnp.asarray(theta0, jnp.float64) / scale
+
+    def scaled(t, A, reml):
+        return objective(t * scale, A, reml)
+
     if optimizer == "bfgs":
         def evaluate(t):
-            f, g = jax.value_and_grad(objective)(t, A, reml)
+            f, g = jax.value_and_grad(scaled)(t, A, reml)
             return f, g, None
-        s = optim.minimize(evaluate, theta0, drv, "bfgs", max_iter=max_iter, gtol=gtol)
-        hess = optim.fd_hessian(lambda t: jax.grad(objective)(t, A, reml), s.x, s.g, jnp)
+        s = optim.minimize(evaluate, t0, drv, "bfgs", max_iter=max_iter, gtol=gtol)
+        hess = optim.fd_hessian(lambda t: jax.grad(scaled)(t, A, reml), s.x, s.g, jnp)
         opt = optim.record(s, hess, gtol, drv, final=final)
     else:
-        opt = newton(objective, theta0, A, reml, max_iter=max_iter, gtol=gtol, final=final)
+        opt = newton(scaled, t0, A, reml, max_iter=max_iter, gtol=gtol, final=final)
+    opt = opt._replace(x=opt.x * scale, grad=opt.grad / scale, hess=opt.hess / scale ** 2)
     theta = rectify_theta(opt.x, A.structure, jnp)
     be = jax_backend()
     F = factor.factorize(theta, A, be)

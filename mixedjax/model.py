@@ -29,9 +29,10 @@ from ._warn import warn_user
 from .backend import NUMPY
 from .criterion import EagerModel
 from .design import Design, make_design
-from .fitting import ConvergenceWarning, FitOutput, OPTIMIZERS, choose_optimizer, fit_eager
+from .fitting import (ConvergenceWarning, FitOutput, OPTIMIZERS, check_response,
+                      choose_optimizer, fit_eager)
 from .persist import plain_state
-from .start import moment_start
+from .start import moment_start, theta_scale
 from .structure import Structure, analyze, initial_theta, tril_indices
 
 __all__ = ["LMM", "lmer", "ConvergenceWarning", "FitOutput", "choose_optimizer",
@@ -157,7 +158,9 @@ class LMM:
         yw = (self.design.y - R.offset) * R.sqrtw
         beta, r = crossprod.project(R.q, yw)
         theta = moment_start(self.design.terms, R.q, r, R.sqrtw)
-        return self.initial_theta() if theta is None else theta
+        if theta is None:
+            return self.initial_theta() * theta_scale(self.design.weights)
+        return theta
 
     # -- fitting -------------------------------------------------------------------
     def fit(self, theta0=None, max_iter: int = 200, optimizer: str = "auto"):
@@ -174,7 +177,11 @@ class LMM:
         if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) \
                 or max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-        if theta0 is None:
+        R = self._rmap
+        check_response((self.design.y - R.offset) * R.sqrtw, self.blocks.abb[-1, -1],
+                       self.design.response_name, self.design.weights is not None)
+        given = theta0 is not None
+        if not given:
             theta0 = self.start_theta()
         try:
             theta0 = np.asarray(theta0, np.float64)
@@ -185,16 +192,22 @@ class LMM:
                              f"got shape {theta0.shape}")
         if not np.all(np.isfinite(theta0)):
             raise ValueError(f"theta0 must be finite, got {theta0}")
+        scale = theta_scale(self.design.weights)
         t0 = time.perf_counter()
-        if optimizer == "bfgs":
-            out = fit_eager(self.eager, theta0, self.placement, max_iter=int(max_iter))
-        else:
-            import jax
-
-            from . import compiled
-            out = compiled.fit_jit(jax.device_put(theta0), self.arrays, reml=self.reml,
-                                   max_iter=int(max_iter))
-            out = jax.tree_util.tree_map(np.asarray, out)
+        out = self._optimize(theta0, int(max_iter), optimizer, scale)
+        if not np.isfinite(out.opt.fun) and int(out.opt.iterations) == 0:
+            if given:
+                raise ValueError(
+                    f"the criterion cannot be evaluated at theta0={theta0} (the factorization "
+                    "of Lambda'Z'Z Lambda + I loses all precision there); give a start "
+                    "nearer the optimum, or none")
+            theta0 = self.initial_theta() * scale
+            out = self._optimize(theta0, int(max_iter), optimizer, scale)
+        if not np.isfinite(out.objective):
+            raise ValueError(
+                "the fit failed: the criterion is not finite at the optimizer's last point "
+                f"theta={np.asarray(out.theta)} (the response or the random-effects columns "
+                "may be too badly scaled; centring or rescaling them helps)")
         elapsed = time.perf_counter() - t0
         result = LMMResult(self, out, theta0=theta0, elapsed=elapsed, optimizer=optimizer)
         if not result.converged:
@@ -203,6 +216,17 @@ class LMM:
                 f"gradient max |g| = {result.optinfo['grad_max']:.2e} after "
                 f"{result.optinfo['iterations']} iterations", ConvergenceWarning)
         return result
+
+    def _optimize(self, theta0, max_iter: int, optimizer: str, scale: float) -> FitOutput:
+        """One run of the chosen optimizer from ``theta0``, searching in theta / scale."""
+        if optimizer == "bfgs":
+            return fit_eager(self.eager, theta0, self.placement, max_iter=max_iter, scale=scale)
+        import jax
+
+        from . import compiled
+        out = compiled.fit_jit(jax.device_put(theta0), self.arrays, reml=self.reml,
+                               max_iter=max_iter, scale=scale)
+        return jax.tree_util.tree_map(np.asarray, out)
 
     def __repr__(self) -> str:
         d = self.design

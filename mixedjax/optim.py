@@ -35,7 +35,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 __all__ = ["OptResult", "Driver", "EAGER", "traced", "minimize", "direction",
-           "armijo_test", "fd_hessian", "final_test", "STATUS"]
+           "armijo_test", "fd_hessian", "final_test", "safe_eigh", "STATUS"]
 
 STATUS = {0: "gradient test met", 1: "step below tolerance",
           2: "line search cannot decrease the objective further (round-off level)",
@@ -79,7 +79,18 @@ def _py_sel(c, a, b):
     return a if c else b
 
 
-EAGER = Driver(np, _py_loop, _py_sel, np.linalg.eigh)
+def safe_eigh(H):
+    """``numpy.linalg.eigh``, with NaN eigenvalues (and identity vectors) for a matrix
+    that is not finite (a difference Hessian taken next to where the criterion is
+    not defined) instead of LAPACK's error, so the convergence test fails on it
+    rather than the fit raising."""
+    H = np.asarray(H)
+    if not np.all(np.isfinite(H)):
+        return np.full(H.shape[-1], np.nan), np.eye(H.shape[-1])
+    return np.linalg.eigh(H)
+
+
+EAGER = Driver(np, _py_loop, _py_sel, safe_eigh)
 
 
 @functools.cache
@@ -156,11 +167,19 @@ def _bfgs_update(Hinv, sk, yk, scale_first, xp):
 
 def fd_hessian(grad: Callable, x, g, xp=np, h: float = 1e-5):
     """Hessian by forward differences of the exact gradient (n evaluations,
-    ~1e-5 relative error; symmetrized)."""
+    ~1e-5 relative error; symmetrized).  Eagerly, a column whose forward point
+    falls where the function is not defined is taken backwards."""
     n = x.shape[0]
     step = h * (1.0 + xp.abs(x))
-    cols = [(grad(x + xp.where(xp.arange(n) == j, step[j], 0.0)) - g) / step[j]
-            for j in range(n)]
+
+    def column(j):
+        e = xp.where(xp.arange(n) == j, step[j], 0.0)
+        col = (grad(x + e) - g) / step[j]
+        if xp is np and not np.all(np.isfinite(col)):
+            col = (g - grad(x - e)) / step[j]
+        return col
+
+    cols = [column(j) for j in range(n)]
     H = xp.stack(cols)
     return 0.5 * (H + H.T)
 
@@ -386,7 +405,9 @@ def minimize_bfgs_eager(value_grad: Callable, x0, log_mask=None, hess0=None,
 
 def _modified_inverse(H):
     """Inverse of H with its eigenvalues replaced by |lambda| (floored), as in
-    :func:`direction`."""
-    evals, evecs = np.linalg.eigh(H)
+    :func:`direction`; the identity where H is not finite."""
+    evals, evecs = safe_eigh(H)
+    if not np.all(np.isfinite(evals)):
+        return np.eye(H.shape[0])
     mod = np.maximum(np.abs(evals), 1e-10 * max(float(np.max(np.abs(evals))), 1.0))
     return (evecs / mod) @ evecs.T

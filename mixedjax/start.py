@@ -9,9 +9,25 @@ the REML estimate itself, which equals the ANOVA estimate there when positive.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["moment_start"]
+__all__ = ["moment_start", "theta_scale"]
+
+
+def theta_scale(weights) -> float:
+    """The size of theta that the scale of the prior weights implies, (mean w)^-1/2.
+
+    Weights c w give the same fit as w with sigma^2 multiplied by c and the relative
+    covariance factors by c^-1/2 (residual variance sigma^2 / w_i; lme4's theta is
+    relative to sigma), so starts and the optimizer's coordinates are taken
+    relative to this size.  1 without weights.
+    """
+    if weights is None:
+        return 1.0
+    m = float(np.mean(np.asarray(weights, np.float64)))
+    return 1.0 / math.sqrt(m) if np.isfinite(m) and m > 0 else 1.0
 
 
 def _indicator(codes, z, m):
@@ -38,10 +54,15 @@ def moment_start(terms, q: np.ndarray, r: np.ndarray, sw: np.ndarray, floor: flo
     sigma_t^2; Z_t'M Z_o = Z_t'Z_o - B_t B_o' (B_t = Z_t'Q) is sparse less low
     rank.  ``terms``: codes, Z, nlevels in lme4's order; ``q``, ``r``: the weighted
     stable basis and residual (:mod:`mixedjax.crossprod`); ``sw``: sqrt(prior
-    weights).  Estimates at or below zero start at ``floor``.
+    weights).  Estimates at or below zero start at ``floor``; ``floor`` and ``cap``
+    are relative to :func:`theta_scale` of the weights.
     """
     if any(t.Z.shape[1] != 1 for t in terms):
         return None
+    # Weights of mean 1 (the same estimate, theta / size; theta_scale), so the sums
+    # of squares below stay far from overflow and underflow.
+    size = theta_scale(sw * sw)
+    sw, r = sw * size, r * size
     n, p = q.shape
     T = len(terms)
     rss = float(r @ r)
@@ -80,4 +101,4 @@ def moment_start(terms, q: np.ndarray, r: np.ndarray, sw: np.ndarray, floor: flo
     total = rss / (n - p)
     sigma2 = est[0] if np.isfinite(est[0]) and est[0] > 0.05 * total else 0.05 * total
     var = np.where(np.isfinite(est[1:]), np.maximum(est[1:], 0.0), 0.0)
-    return np.clip(np.sqrt(var / sigma2), floor, cap)
+    return np.clip(np.sqrt(var / sigma2), floor, cap) * size

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..fitting import ConvergenceWarning
+from ..fitting import ConvergenceWarning, check_response
 from ..compiled import newton
 from . import likelihood as lik
 from .model import NlmeModel, build_model, free_indices
@@ -86,6 +86,8 @@ def fit_model(model: NlmeModel, x0=None, max_iter: int = 200, tolerance: float =
     x = initial_params(model) if x0 is None else np.asarray(x0, np.float64).copy()
     if x.shape != (model.layout.nparams,):
         raise ValueError(f"x0 must have {model.layout.nparams} entries, got {x.shape}")
+    resid = model.y - model.X @ np.asarray(model.arrays.beta0)
+    check_response(model.y, resid @ resid, model.response)
     free = free_indices(model)
     arrays, outer = model.arrays, 0
     if model.bvar.uses_fitted:
