@@ -22,7 +22,8 @@ from scipy import stats
 
 from .terms import factor_label
 
-__all__ = ["AIC", "BIC", "NlmeAnovaTable", "is_nlme_fit", "nlme_anova", "sequential_f"]
+__all__ = ["PrintedTable", "AIC", "BIC", "NlmeAnovaTable", "is_nlme_fit", "nlme_anova",
+           "sequential_f"]
 
 
 def is_nlme_fit(obj) -> bool:
@@ -31,14 +32,10 @@ def is_nlme_fit(obj) -> bool:
 
 
 @dataclass(frozen=True)
-class NlmeAnovaTable:
-    """nlme's ``anova`` table.
-
-    ``table``: a DataFrame indexed by model name with columns ``Model``, ``df``,
-    ``AIC``, ``BIC``, ``logLik``, ``Test``, ``L.Ratio``, ``p-value`` (several fits),
-    or ``numDF``, ``denDF``, ``F-value``, ``p-value`` indexed by term (one fit);
-    ``heading``: the lines printed above it.  Indexing reads columns of ``table``.
-    """
+class PrintedTable:
+    """A test table as R prints it: ``table`` the numbers (a DataFrame), ``heading``
+    the lines printed above it.  Indexing (``tab["Chisq"]``) reads columns of
+    ``table``; subclasses say how the numbers are formatted (:meth:`body`)."""
 
     table: pd.DataFrame
     heading: tuple[str, ...] = ()
@@ -53,16 +50,37 @@ class NlmeAnovaTable:
     def index(self) -> pd.Index:
         return self.table.index
 
+    def lead(self) -> list[str]:
+        """The lines above the table."""
+        return list(self.heading)
+
+    def body(self) -> list[str]:
+        raise NotImplementedError
+
     def text(self) -> str:
-        return "\n".join(list(self.heading) + _format_table(self.table))
+        return "\n".join(self.lead() + self.body())
 
     def __repr__(self) -> str:
         return self.text()
 
     def _repr_html_(self) -> str:
         import html
-        head = "<br>".join(html.escape(x) for x in self.heading)
+        head = "<br>".join(html.escape(x) for x in self.lead())
         return (f"<p>{head}</p>" if head else "") + self.table.to_html(na_rep="")
+
+
+@dataclass(frozen=True, repr=False)
+class NlmeAnovaTable(PrintedTable):
+    """nlme's ``anova`` table.
+
+    ``table``: a DataFrame indexed by model name with columns ``Model``, ``df``,
+    ``AIC``, ``BIC``, ``logLik``, ``Test``, ``L.Ratio``, ``p-value`` (several fits),
+    or ``numDF``, ``denDF``, ``F-value``, ``p-value`` indexed by term (one fit);
+    ``heading``: the lines printed above it.
+    """
+
+    def body(self) -> list[str]:
+        return _format_table(self.table)
 
 
 def _format_numbers(values, digits: int = 7) -> list[str]:

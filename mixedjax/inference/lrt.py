@@ -26,7 +26,7 @@ from scipy import stats
 from ..structure import lower_bounds, tril_indices
 from ..design import make_design, r_column_name, r_name
 from ..formula import rename_quoted
-from .compare import NlmeAnovaTable, is_nlme_fit, nlme_anova
+from .compare import NlmeAnovaTable, PrintedTable, is_nlme_fit, nlme_anova
 
 __all__ = ["anova", "ranova", "refit_ml", "LRTTable", "REFIT_NOTE"]
 
@@ -82,43 +82,23 @@ def _start_from_fit(result, design) -> np.ndarray:
 # ----------------------------------------------------------------------------------
 # The returned table
 # ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LRTTable:
+@dataclass(frozen=True, repr=False)
+class LRTTable(PrintedTable):
     """A likelihood-ratio test table as lme4's ``anova`` prints it.
 
     ``table``: the numbers (a DataFrame indexed by model name, columns ``npar``,
     ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``, ``Df``, ``Pr(>Chisq)``);
     ``heading``: the lines printed above it (data, models with their formulas);
     ``note``: lme4's message when REML fits were refitted with ML, else None.
-    Indexing (``tab["Chisq"]``) reads columns of ``table``.
     """
 
-    table: pd.DataFrame
-    heading: tuple[str, ...]
     note: str | None = None
 
-    def __getitem__(self, key):
-        return self.table[key]
+    def lead(self) -> list[str]:
+        return ([self.note] if self.note else []) + list(self.heading)
 
-    def __len__(self) -> int:
-        return len(self.table)
-
-    @property
-    def index(self) -> pd.Index:
-        return self.table.index
-
-    def text(self) -> str:
-        lines = ([self.note] if self.note else []) + list(self.heading)
-        return "\n".join(lines + format_lrt_table(self.table))
-
-    def __repr__(self) -> str:
-        return self.text()
-
-    def _repr_html_(self) -> str:
-        import html
-        head = "<br>".join(html.escape(x) for x in ([self.note] if self.note else [])
-                           + list(self.heading))
-        return f"<p>{head}</p>" + self.table.to_html(na_rep="")
+    def body(self) -> list[str]:
+        return format_lrt_table(self.table)
 
 
 def _stars(p: float) -> str:
