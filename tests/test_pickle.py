@@ -99,7 +99,7 @@ def test_stateful_transforms_keep_the_fits_state(fit, sleep, newdata):
     days, x = sleep["Days"], sleep["x"]
     cond = pd.Categorical(newdata["cond"], categories=["placebo", "low", "high"])
     X = np.column_stack([np.ones(len(newdata)), newdata["Days"] - days.mean(),
-                         (newdata["x"] - x.mean()) / x.std(ddof=0),   # patsy: ddof=0
+                         (newdata["x"] - x.mean()) / x.std(ddof=1),   # R: sd, n - 1
                          cond == "low", cond == "high"]).astype(float)
     expected = X @ fit.fixef.to_numpy()
     np.testing.assert_allclose(m2.predict(newdata, re_form="~0").to_numpy(), expected,
