@@ -302,6 +302,7 @@ def test_summary_with_ddf_shows_lmertest_table():
 # ----------------------------------------------------------------------------------
 # The pure, vmappable core
 # ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_satterthwaite_test_vmaps_over_refits():
     """satterthwaite_test batched over thetas and arrays of several responses equals
     the result-level tables of each refit."""

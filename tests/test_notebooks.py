@@ -1,7 +1,7 @@
 """The notebooks in notebooks/ execute without error (outputs are not compared).
 
-The quick start and the sleepstudy tour run in the default test run; the longer
-notebooks are marked slow (``pytest -m slow``)."""
+The quick start runs in the default test run; the longer notebooks are marked
+slow (``pytest -m slow``)."""
 
 from pathlib import Path
 
@@ -11,7 +11,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-DEFAULT = {"quickstart", "sleepstudy"}
+DEFAULT = {"quickstart"}
 
 
 @pytest.mark.parametrize("path", [

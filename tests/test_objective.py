@@ -223,7 +223,8 @@ def test_batched_fit_equals_single_fits(sleepstudy):
         assert float(out.objective[i]) == pytest.approx(single.objective, rel=1e-12)
 
 
-@pytest.mark.parametrize("case", ["penicillin_crossed", "sleepstudy_reml"])
+@pytest.mark.parametrize("case", [pytest.param("penicillin_crossed", marks=pytest.mark.slow),
+                                  "sleepstudy_reml"])
 def test_bfgs_reaches_newtons_optimum(case):
     m = _model(case, reml=True)
     newton = m.fit(optimizer="newton")

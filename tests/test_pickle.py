@@ -167,6 +167,7 @@ def sleep_fit():
                          mixedjax.datasets.load("sleepstudy"))
 
 
+@pytest.mark.slow
 def test_loaded_fit_bootstraps_as_the_original(sleep_fit, tmp_path):
     m = sleep_fit
     m.save(tmp_path / "m.pkl")

@@ -71,6 +71,7 @@ def test_satterthwaite_t_power_is_exact(t_power):
     assert len(fig.axes) == 1
 
 
+@pytest.mark.slow
 def test_satterthwaite_f_power_is_exact():
     res = mixedjax.power(design(), FORMULA, PARAMS, test="trt", nsim=NSIM, key=2)
     assert res.test == "Satterthwaite F test of term 'trt'"

@@ -30,6 +30,7 @@ def _exact_power(groups):
     return stats.nct.sf(crit, groups - 2, 1.0 / se) + stats.nct.cdf(-crit, groups - 2, 1.0 / se)
 
 
+@pytest.mark.slow
 def test_power_equals_exact_noncentral_t():
     res = mixedjax.power(_design(), "y ~ trt + (1|g)", PARAMS, "trt", nsim=600, key=1)
     exact = _exact_power(G)

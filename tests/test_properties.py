@@ -13,8 +13,8 @@ variance components from zero (singular fits) to large.  Properties:
 * no theta beats the fit: the criterion at lme4's start (theta = 1) and at random
   thetas is not below the fit's objective (less a round-off allowance).
 
-The default run is derandomized with a bounded budget (profile ``mixedjax-default``,
-about 30 s on two cores); set ``MIXEDJAX_HYPOTHESIS_PROFILE=mixedjax-thorough`` for a
+The default run is derandomized with a bounded budget (profile ``mixedjax-default``:
+100 designs, about 15 s on two cores); set ``MIXEDJAX_HYPOTHESIS_PROFILE=mixedjax-thorough`` for a
 randomized run of many more examples.  (Invariances under shifts, scales, row order
 and level labels, and batched against single fits, are in test_invariance.py and
 test_objective.py.)
@@ -35,7 +35,7 @@ import mixedjax
 from mixedjax.fitting import ConvergenceWarning
 from mixedjax.start import theta_scale
 
-settings.register_profile("mixedjax-default", derandomize=True, max_examples=200,
+settings.register_profile("mixedjax-default", derandomize=True, max_examples=100,
                           deadline=None, database=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("mixedjax-thorough", max_examples=3000, deadline=None,
