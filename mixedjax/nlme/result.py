@@ -334,6 +334,18 @@ class LmeResult(_NlmeResult):
     def _fixed_df(self) -> np.ndarray:
         return containment_df(self.model.X, self.model.level_codes)
 
+    def tidy(self, effects=("fixed", "ran_pars", "var_model"), scales: str = "sdcor",
+             conf_int: bool = False, conf_level: float = 0.95) -> pd.DataFrame:
+        """One row per estimate, as broom.mixed's ``tidy(m)`` (see :mod:`mixedjax.nlme.tidy`)."""
+        from .tidy import tidy_lme
+        return tidy_lme(self, effects=effects, scales=scales, conf_int=conf_int,
+                        conf_level=conf_level)
+
+    def glance(self) -> pd.DataFrame:
+        """One row of fit statistics, as broom.mixed's ``glance(m)``."""
+        from .tidy import glance_lme
+        return glance_lme(self)
+
     @property
     def ngroups(self) -> dict[str, int]:
         return {lev.name: len(lab) for lev, lab in zip(self.model.levels,
@@ -393,6 +405,16 @@ class GlsResult(_NlmeResult):
     @property
     def ranef(self) -> dict[str, pd.DataFrame]:
         return {}
+
+    def tidy(self, conf_int: bool = False, conf_level: float = 0.95) -> pd.DataFrame:
+        """One row per coefficient, as broom.mixed's ``tidy(m)`` (see :mod:`mixedjax.nlme.tidy`)."""
+        from .tidy import tidy_gls
+        return tidy_gls(self, conf_int=conf_int, conf_level=conf_level)
+
+    def glance(self) -> pd.DataFrame:
+        """One row of fit statistics, as broom.mixed's ``glance(m)``."""
+        from .tidy import glance_gls
+        return glance_gls(self)
 
 
 def _optinfo(opt, x0, x, outer, elapsed) -> dict:
