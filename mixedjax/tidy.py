@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ._warn import warn_user
+from .checks import check_effects
 from .inference.effects import ran_coefs, ran_vals
 from .structure import tril_indices
 
@@ -48,22 +49,6 @@ _COLUMNS = ["effect", "group", "level", "term", "estimate", "std.error", "statis
             "p.value", "conf.low", "conf.high"]
 _FIXED_RENAME = {"Estimate": "estimate", "Std. Error": "std.error", "t value": "statistic",
                  "df": "df", "Pr(>|t|)": "p.value"}
-
-
-def _check_effects(effects) -> list[str]:
-    if isinstance(effects, str):
-        effects = [effects]
-    try:
-        effects = list(effects)
-    except TypeError:
-        raise TypeError("effects must be a string or a sequence of strings, got "
-                        f"{type(effects).__name__}") from None
-    unknown = [e for e in effects if e not in EFFECTS]
-    if unknown:
-        raise ValueError(f"unknown effect type(s) {unknown}; use any of {list(EFFECTS)}")
-    if not effects:
-        raise ValueError(f"effects is empty; use any of {list(EFFECTS)}")
-    return [e for e in EFFECTS if e in effects]
 
 
 def _check_conf_method(conf_method) -> str:
@@ -175,7 +160,7 @@ def tidy(result, effects=("fixed", "ran_pars"), scales: str = "sdcor", conf_int:
     """
     from .inference.confint import check_level
     from .inference.tables import normalize_ddf
-    effects = _check_effects(effects)
+    effects = check_effects(effects, EFFECTS)
     if not isinstance(conf_int, (bool, np.bool_)):
         raise TypeError(f"conf_int must be True or False, got {type(conf_int).__name__}")
     level = check_level(conf_level, "conf_level")

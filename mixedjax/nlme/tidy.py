@@ -36,6 +36,7 @@ import pandas as pd
 import scipy.stats
 
 from .._warn import warn_user
+from ..checks import check_effects
 from ..inference.confint import check_level
 
 __all__ = ["tidy_lme", "glance_lme", "tidy_gls", "glance_gls", "LME_EFFECTS"]
@@ -44,23 +45,6 @@ LME_EFFECTS = ("fixed", "ran_pars", "var_model")
 _R_VARFUNC = {"ident": "varIdent", "power": "varPower", "exp": "varExp", "fixed": "varFixed"}
 _RENAME = {"Value": "estimate", "Std.Error": "std.error", "DF": "df", "t-value": "statistic",
            "p-value": "p.value"}
-
-
-def _check_effects(effects) -> list[str]:
-    if isinstance(effects, str):
-        effects = [effects]
-    try:
-        effects = list(effects)
-    except TypeError:
-        raise TypeError("effects must be a string or a sequence of strings, got "
-                        f"{type(effects).__name__}") from None
-    unknown = [e for e in effects if e not in LME_EFFECTS]
-    if unknown:
-        raise ValueError(f"unknown or unavailable effect type(s) {unknown} for an lme fit; "
-                         f"use any of {list(LME_EFFECTS)}")
-    if not effects:
-        raise ValueError(f"effects is empty; use any of {list(LME_EFFECTS)}")
-    return [e for e in LME_EFFECTS if e in effects]
 
 
 def _check_conf_int(conf_int) -> bool:
@@ -159,7 +143,7 @@ def tidy_lme(result, effects=LME_EFFECTS, scales: str = "sdcor", conf_int: bool 
     have coverage ``conf_level`` (broom.mixed 0.2.9.4 calls ``intervals(m)``
     without its ``conf.level``, so its lme intervals are always 95%).
     """
-    effects = _check_effects(effects)
+    effects = check_effects(effects, LME_EFFECTS, " for an lme fit")
     conf_int = _check_conf_int(conf_int)
     level = check_level(conf_level, "conf_level")
     parts = []
