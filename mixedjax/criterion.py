@@ -116,15 +116,21 @@ def first_term_q(Gt: fac.Inverse, A: Blocks, be, ops):
     """Q_a = B_a G~ B_a' (m0, k0, k0) for the first term's levels."""
     xp = be.xp
     s = A.structure
-    Q = xp.einsum("akp,pq,alq->akl", A.b0, Gt.Gbb, A.b0)
+    m0, k0, n_b = A.b0.shape
+    bg = (A.b0.reshape(m0 * k0, n_b) @ Gt.Gbb).reshape(m0, k0, n_b)    # one product
+    Q = bg @ xp.swapaxes(A.b0, 1, 2)
     if not s.n_cl:
         return Q
+    if s.dense_coupling:
+        # One cluster: the cross terms are V_a G~_mb b0_a' and its transpose.
+        V = ops.coupling(A)                                            # (m0, k0, s)
+        bgm = (A.b0.reshape(m0 * k0, n_b) @ Gt.Gbm[0]).reshape(m0, k0, s.s)
+        C = bgm @ xp.swapaxes(V, 1, 2)
+        return Q + C + xp.swapaxes(C, 1, 2) + ops.dense_adjoint(Gt.Gmm, A)
     gbm = xp.swapaxes(Gt.Gbm, 1, 2).reshape(s.n_cl * s.s, s.n_b)        # (q_mid, n_b)
     se = xp.einsum("ekp,ep->ek", A.b0[A.ent_a], gbm[A.ent_pos])        # b0_a G~[b, pos_e]
     cross = A.ent_v[:, :, None] * se[:, None, :]
     Q = Q + be.segment_sum(cross + xp.swapaxes(cross, 1, 2), A.ent_a, s.m[0])
-    if s.dense_coupling:
-        return Q + ops.dense_adjoint(Gt.Gmm, A)
     return Q + ops.pair_adjoint(Gt.Gmm, A)
 
 
@@ -228,7 +234,8 @@ def _data_gradient(A: Blocks, F: fac.Factor, Gt: fac.Inverse, Q, w: Weights, be,
     out = {"d0": w.w0 * K + K @ Q @ K,
            "abb": Gt.Gbb}
     # B_a G~ by columns: the border columns for b0, the middle ones per entry.
-    bg = xp.einsum("akp,pq->akq", A.b0, Gt.Gbb)                        # (m0, k0, n_b)
+    m0, k0, n_b = A.b0.shape
+    bg = (A.b0.reshape(m0 * k0, n_b) @ Gt.Gbb).reshape(m0, k0, n_b)
     if s.n_cl:
         gbm = xp.swapaxes(Gt.Gbm, 1, 2).reshape(s.n_cl * s.s, s.n_b)    # G~[mid, b]
         bg = bg + be.segment_sum(A.ent_v[:, :, None] * gbm[A.ent_pos][:, None, :],

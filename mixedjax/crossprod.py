@@ -25,7 +25,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import routing
 from .structure import Placement, Structure
 
 __all__ = ["Blocks", "ResponseMap", "Rows", "build", "row_layout", "basis", "design_blocks",
@@ -324,11 +323,6 @@ def _pairs(ent_a):
     return starts[grp] + c, starts[grp] + r
 
 
-def _pair_count(ent_a) -> int:
-    counts = np.bincount(ent_a).astype(np.int64) if len(ent_a) else np.zeros(1, np.int64)
-    return int(np.sum(counts * (counts + 1) // 2))
-
-
 def build(terms, X: np.ndarray, y: np.ndarray, structure: Structure, placement: Placement,
           weights=None, offset=None, stable: bool = True):
     """(:class:`Blocks`, :class:`ResponseMap`, :class:`Rows`) of a design.
@@ -345,9 +339,7 @@ def build(terms, X: np.ndarray, y: np.ndarray, structure: Structure, placement: 
     rows, ent_a, ent_pos = row_layout(terms, s, placement)
     sw = np.ones(n) if weights is None else np.sqrt(np.asarray(weights, np.float64))
     q, rx = basis(X * sw[:, None], np, stable)
-    if _pair_count(ent_a) > routing.PAIR_LIMIT and s.n_cl == 1:
-        import dataclasses
-        s = dataclasses.replace(s, dense_coupling=True)
+    if s.dense_coupling:
         pair_i = pair_j = np.zeros(0, np.int64)
     else:
         pair_i, pair_j = _pairs(ent_a)

@@ -25,12 +25,13 @@ from ._warn import warn_user
 from .frames import as_pandas
 from .formula import (ParsedFormula, RandomTerm, column_name, formula_variables, parse_formula,
                       quote_columns, rename_quoted, split_top)
+from .levels import group_codes
 from .persist import decode_infos, encode_infos
 from .transforms import r_scale
 
 __all__ = ["ReTerm", "Design", "make_design", "lme4_term_order", "r_column_name", "r_name",
            "r_model_matrix", "term_model_matrix", "check_columns", "newdata_matrix",
-           "map_levels", "terms_in_re_form"]
+           "terms_in_re_form"]
 
 
 @dataclass
@@ -156,52 +157,6 @@ def r_column_name(name: str) -> str:
         piece = rename_quoted(piece, r_name)
         parts.append(piece.replace(" ** ", "^").replace("**", "^"))
     return ":".join(parts)
-
-
-def _level_label(value) -> str:
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def factor_codes(col: pd.Series) -> tuple[np.ndarray, list]:
-    """Codes and level values of a grouping column (R's factor() level order)."""
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        codes = col.cat.codes.to_numpy()
-        return codes.astype(np.int64), list(col.cat.categories)
-    values = col.to_numpy()
-    try:
-        uniq = np.unique(values)
-    except TypeError:  # mixed types: sort by their text
-        uniq = np.array(sorted(set(values), key=str), dtype=object)
-    codes = np.searchsorted(uniq, values) if uniq.dtype != object else \
-        pd.Index(uniq).get_indexer(values)
-    return np.asarray(codes, dtype=np.int64), list(uniq)
-
-
-def _group_codes(data: pd.DataFrame, group: tuple[str, ...]):
-    """Codes of the interaction of grouping columns, only combinations present.
-
-    Levels are sorted by the components' level order, first component slowest,
-    and labelled ``"a:b"`` as lme4 does.
-    """
-    comp_codes, comp_levels = [], []
-    for name in group:
-        c, lv = factor_codes(data[name])
-        comp_codes.append(c)
-        comp_levels.append(lv)
-    if len(group) == 1:
-        used = np.unique(comp_codes[0])
-        remap = np.full(len(comp_levels[0]), -1, dtype=np.int64)
-        remap[used] = np.arange(len(used))
-        keys = [(comp_levels[0][u],) for u in used]
-        labels = [_level_label(k[0]) for k in keys]
-        return remap[comp_codes[0]], labels, keys
-    stacked = np.stack(comp_codes, axis=1)
-    uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
-    keys = [tuple(comp_levels[j][u[j]] for j in range(len(group))) for u in uniq]
-    labels = [":".join(_level_label(v) for v in k) for k in keys]
-    return inverse.reshape(-1).astype(np.int64), labels, keys
 
 
 def _check_columns(data: pd.DataFrame, parsed: ParsedFormula) -> list[str]:
@@ -499,7 +454,7 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
 
 
 def _make_term(term: RandomTerm, data: pd.DataFrame, n: int) -> ReTerm:
-    codes, labels, keys = _group_codes(data, term.group)
+    codes, labels, keys = group_codes(data, term.group)
     Z, info, cnames = term_model_matrix(term.expr, data, f"random-effects term {term}")
     if Z.shape[1] == 0:
         raise ValueError(f"random-effects term {term} has no columns")
@@ -546,35 +501,6 @@ def factor_names(info) -> list[str]:
             if nm not in names:
                 names.append(nm)
     return names
-
-
-def map_levels(term, newdata, allow_new_levels):
-    """The fitted level index of each new row for a random term; -1 for a level not in
-    the fit (refused unless ``allow_new_levels``, as lme4's ``predict``)."""
-    missing = [g for g in term.group if g not in newdata.columns]
-    if missing:
-        raise ValueError(f"newdata lacks grouping column(s) {missing} of term "
-                         f"({term.expr} | {term.group_name})")
-    lookup = {tuple(level_key(v) for v in key): i for i, key in enumerate(term.level_keys)}
-    cols = [newdata[g].to_numpy() for g in term.group]
-    keys = [tuple(level_key(c[i]) for c in cols) for i in range(len(newdata))]
-    codes = np.array([lookup.get(k, -1) for k in keys], dtype=np.int64)
-    if not allow_new_levels and (codes < 0).any():
-        new = sorted({":".join(map(str, k)) for k, c in zip(keys, codes) if c < 0})
-        raise ValueError(f"newdata has level(s) of {term.group_name!r} not in the fit: "
-                         f"{new[:10]}; pass allow_new_levels=True to predict them at the "
-                         "population level")
-    return codes
-
-
-def level_key(value):
-    """A level's text key, with integral numbers written without a decimal point so
-    that 3 and 3.0 name the same level."""
-    if isinstance(value, (np.integer, int)):
-        return str(int(value))
-    if isinstance(value, (np.floating, float)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def terms_in_re_form(re_form, terms) -> list[bool]:

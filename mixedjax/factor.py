@@ -147,18 +147,20 @@ def _schur(F0, A: Blocks, be, ops):
     s = A.structure
     _, _, K, _ = F0
     Kb = K @ A.b0                                                      # (m0, k0, n_b)
-    Tbb = A.abb - xp.einsum("akp,akq->pq", A.b0, Kb)
+    m0, k0, n_b = A.b0.shape
+    Tbb = A.abb - xp.swapaxes(A.b0.reshape(m0 * k0, n_b), 0, 1) @ Kb.reshape(m0 * k0, n_b)
     if not s.n_cl:
         return None, None, Tbb
+    if s.dense_coupling:
+        # One cluster: border x middle is sum_a (K_a b0_a)' V_a, one product.
+        V = ops.coupling(A)                                            # (m0, k0, s)
+        tbm = xp.swapaxes(Kb.reshape(m0 * k0, n_b), 0, 1) @ V.reshape(m0 * k0, s.s)
+        return A.amm - ops.dense_update(K, A), A.abm - tbm[None], Tbb
     # Border x middle: entry e adds (K_a b0_a)' v_e to column pos_e.
     w = xp.einsum("ekp,ek->ep", Kb[A.ent_a], A.ent_v)                   # (E, n_b)
     tbm = be.segment_sum(w, A.ent_pos, s.n_cl * s.s)                   # (n_cl s, n_b)
     Tbm = A.abm - xp.swapaxes(tbm.reshape(s.n_cl, s.s, s.n_b), 1, 2)
-    if s.dense_coupling:
-        Tmm = A.amm - ops.dense_update(K, A)
-    else:
-        Tmm = A.amm - ops.pair_update(K, A)
-    return Tmm, Tbm, Tbb
+    return A.amm - ops.pair_update(K, A), Tbm, Tbb
 
 
 def factorize(theta, A: Blocks, be, ops=None) -> Factor:
@@ -278,15 +280,25 @@ class PairOps:
                                 xp.swapaxes(outer, 1, 2), 0.0)
         return be.segment_sum(both * g[:, None, None], A.ent_a[A.pair_i], s.m[0])
 
+    def coupling(self, A: Blocks):
+        """The first term's coupling to the middle, dense (m0, k0, s) (one cluster)."""
+        return coupling_dense(A, self.be)
+
     def dense_update(self, K, A: Blocks):
+        """sum_a V_a' K_a V_a (one cluster)."""
         xp = self.be.xp
-        V = coupling_dense(A, self.be)                                 # (m0, k0, s)
-        return xp.einsum("aks,akl,alt->st", V, K, V)[None]
+        V = self.coupling(A)
+        m0, k0, s = V.shape
+        KV = (K @ V).reshape(m0 * k0, s)
+        return (xp.swapaxes(V.reshape(m0 * k0, s), 0, 1) @ KV)[None]
 
     def dense_adjoint(self, Gt_mm, A: Blocks):
+        """V_a G~_mm V_a' (m0, k0, k0) (one cluster)."""
         xp = self.be.xp
-        V = coupling_dense(A, self.be)
-        return xp.einsum("aks,st,alt->akl", V, Gt_mm[0], V)
+        V = self.coupling(A)
+        m0, k0, s = V.shape
+        VG = (V.reshape(m0 * k0, s) @ Gt_mm[0]).reshape(m0, k0, s)      # one product
+        return VG @ xp.swapaxes(V, 1, 2)
 
 
 class SparsePairOps(PairOps):
@@ -347,22 +359,19 @@ class SparsePairOps(PairOps):
             return U[None]
         return (np.tril(U) + np.tril(U, -1).T)[None]
 
-    def _dense_w(self, K, A: Blocks):
-        s = A.structure
+    def coupling(self, A: Blocks):
         if "V" not in self.__dict__:
             self.V = coupling_dense(A, self.be)                         # (m0, k0, s)
+        return self.V
+
+    def _dense_w(self, K, A: Blocks):
+        s = A.structure
+        V = self.coupling(A)
         if s.k[0] == 1:
-            return self.V[:, 0, :] * np.sqrt(np.maximum(K[:, 0, 0], 0.0))[:, None]
+            return V[:, 0, :] * np.sqrt(np.maximum(K[:, 0, 0], 0.0))[:, None]
         e, U = np.linalg.eigh(K)                                       # K = C C'
         C = U * np.sqrt(np.maximum(e, 0.0))[:, None, :]
-        return (np.swapaxes(C, 1, 2) @ self.V).reshape(-1, s.s)
-
-    def dense_adjoint(self, Gt_mm, A: Blocks):
-        if "V" not in self.__dict__:
-            self.V = coupling_dense(A, self.be)
-        VG = np.einsum("aks,st->akt", self.V, Gt_mm[0]) if self.V.shape[1] > 1 else \
-            (self.V[:, 0, :] @ Gt_mm[0])[:, None, :]
-        return np.einsum("akt,alt->akl", VG, self.V)
+        return (np.swapaxes(C, 1, 2) @ V).reshape(-1, s.s)
 
 
 def default_ops(be):

@@ -18,7 +18,8 @@ from .frames import as_pandas
 from ._warn import warn_user
 from .backend import NUMPY
 from .criterion import condvar, dof, value
-from .design import map_levels, newdata_matrix, terms_in_re_form
+from .design import newdata_matrix, terms_in_re_form
+from .levels import map_levels
 from .optim import STATUS
 from .persist import plain_state, save
 from .structure import diagonal_mask, lambdas, per_term, per_term_blocks

@@ -3,7 +3,7 @@ place.  None of them changes a result beyond round-off; each only chooses how th
 definition is computed.  Tests may lower a threshold (``monkeypatch.setattr``) to
 run the other route on small data."""
 
-__all__ = ["UNROLL", "MAX_BORDER", "PAIR_LIMIT", "SCALAR_SHORTCUT", "THREADED_WORK",
+__all__ = ["UNROLL", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SCALAR_SHORTCUT", "THREADED_WORK",
            "SMALL_WORK", "STEP_ITER"]
 
 # backend: factor blocks of up to this many columns by unrolled elementwise code
@@ -19,6 +19,10 @@ MAX_BORDER = 2000
 # instead of a sum over pairs (MovieLens-sized data: users with thousands of ratings
 # give ~2e8 pairs).
 PAIR_LIMIT = 50_000_000
+
+# structure.choose_blocks: the cost of one multiply-add of a sum over pairs of coupling
+# entries (a sparse, memory-bound product) in dense matrix-product flops.
+PAIR_WEIGHT = 10.0
 
 # criterion (eager gradient): a scalar term with |lambda| above this takes the
 # diagonal-only form of its trace-rule derivative, (1/lambda) sum (1 - G_cc); closer to

@@ -25,7 +25,10 @@ and every evaluation reuses it.  The columns of M fall into three blocks:
   is cheaper here than in the middle.
 
 Which later terms go to the middle and which to the border is chosen by the
-flop count of the factorization (:func:`choose_blocks`).  The criterion does not
+flop count of one evaluation (:func:`choose_blocks`): the factorization and the
+first term's Schur update, whose coupling to the middle is summed over pairs of
+coupling entries (sparse) or, for one dense cluster, multiplied as a dense matrix,
+whichever costs less.  The criterion does not
 depend on the order of the random-effects columns (log|L_Z|^2 is invariant under
 a symmetric permutation of the Z part), so this reordering changes nothing but
 the cost; theta, ranef and varcorr keep lme4's term order.
@@ -215,6 +218,29 @@ class Placement(NamedTuple):
     slot: tuple
 
 
+def _components(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """Connected components of the undirected graph on ``n`` nodes with edges (u, v):
+    each node's label is the smallest node of its component.
+
+    Minimum-label propagation with pointer jumping (Shiloach & Vishkin 1982): every
+    round takes the smaller label across each edge, then each label jumps to its own
+    label, so labels halve their distance to the root; a few rounds suffice for
+    grouping factors, in NumPy alone (SciPy's sparse graph package costs 0.1 s to
+    import, more than a small model's whole fit)."""
+    lab = np.arange(n)
+    if len(u) == 0:
+        return lab
+    while True:
+        m = np.minimum(lab[u], lab[v])
+        new = lab.copy()
+        np.minimum.at(new, u, m)
+        np.minimum.at(new, v, m)
+        new = new[new]
+        if np.array_equal(new, lab):
+            return lab
+        lab = new
+
+
 def _clusters(codes0: np.ndarray, m0: int, middle_codes: list[np.ndarray],
               middle_m: list[int]):
     """Connected components of the graph on the middle levels in which two levels
@@ -225,18 +251,12 @@ def _clusters(codes0: np.ndarray, m0: int, middle_codes: list[np.ndarray],
     nodes = offsets[-1]
     if nodes == 0:
         return [], 0
-    # imported here: SciPy's sparse package costs 0.1 to 0.3 s to import, which a
-    # model with one term (the first fit in a fresh process) does not need
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    rows = np.concatenate([codes0] * len(middle_codes))
-    cols = np.concatenate([c + off for c, off in zip(middle_codes, offsets)])
-    # Bipartite graph first-term level -- middle level; components restricted to
-    # the middle levels.
-    n = m0 + nodes
-    g = coo_matrix((np.ones(len(rows)), (rows, m0 + cols)), shape=(n, n))
-    _, label = connected_components(g, directed=False)
+    # Bipartite graph first-term level -- middle level (distinct edges only);
+    # components restricted to the middle levels.
+    u = np.concatenate([codes0] * len(middle_codes))
+    v = m0 + np.concatenate([c + off for c, off in zip(middle_codes, offsets)])
+    edges = np.unique(u * (m0 + nodes) + v)
+    label = _components(edges // (m0 + nodes), edges % (m0 + nodes), m0 + nodes)
     mid = label[m0:]
     used, comp = np.unique(mid, return_inverse=True)
     return [comp[a:b] for a, b in zip(offsets[:-1], offsets[1:])], len(used)
@@ -252,24 +272,55 @@ def _slots(comp: np.ndarray, n_cl: int) -> tuple[np.ndarray, int]:
     return slot, int(counts.max()) if len(counts) else 0
 
 
-def _cost(ks, ms, n_cl, slots, mid, border, p) -> float:
-    """Flops of one factorization (and of the inverse pieces of the gradient) for
-    a choice of middle and border terms."""
+def _level_counts(codes0: np.ndarray, m0: int, codes: np.ndarray, m: int) -> np.ndarray:
+    """For each first-term level, the number of distinct levels of a later term in
+    its rows (the later term's coupling entries of that level, per column)."""
+    pairs = np.unique(codes0 * m + codes)
+    return np.bincount(pairs // m, minlength=m0)
+
+
+def _cost(ks, ms, n_cl, slots, mid, border, p, entries,
+          max_border: int) -> tuple[float, bool]:
+    """Flops of one evaluation (factorization and gradient) for a choice of middle
+    and border terms, and whether the first term's coupling to the middle is
+    cheaper as a dense matrix.
+
+    ``entries`` (m0,): the first term's coupling entries per level in the middle
+    columns.  Besides the factorization of the middle clusters and the border, the
+    first term's Schur update and its adjoint cost a dense product over the border
+    columns and either sums over the coupling entries of each level and their pairs
+    (sparse, memory-bound: weighted by ``routing.PAIR_WEIGHT`` against dense flops)
+    or, for one cluster wider than ``max_border``, dense products with the
+    coupling; pairs beyond
+    ``routing.PAIR_LIMIT`` (memory) rule out the sparse form."""
+    k0, m0 = ks[0], ms[0]
     s = sum(slots[i] * ks[t] for i, t in enumerate(mid))
     nb = sum(ks[t] * ms[t] for t in border) + p + 1
-    return n_cl * (s ** 3 + s * s * nb + s * nb * nb) + nb ** 3
+    factor = n_cl * (s ** 3 + s * s * nb + s * nb * nb) + nb ** 3
+    schur = 2.0 * m0 * k0 * nb * nb
+    if not n_cl:
+        return factor + schur, False
+    pairs = float(np.sum(entries * (entries + 1) // 2))
+    sparse = (2.0 * routing.PAIR_WEIGHT * (pairs * k0 + float(np.sum(entries)) * nb) * k0
+              if pairs <= routing.PAIR_LIMIT else np.inf)
+    # One cluster with a dense coupling is the border block under another name,
+    # whose code is simpler: it serves only clusters too large for the border.
+    dense = 2.0 * m0 * k0 * s * (s + nb) if n_cl == 1 and s > max_border else np.inf
+    return factor + schur + min(sparse, dense), bool(dense < sparse)
 
 
 def choose_blocks(codes: list[np.ndarray], ks: list[int], ms: list[int], p: int,
-                  max_border: int = routing.MAX_BORDER):
+                  max_border: int | None = None):
     """Choose the middle and border terms (module docstring) by flop count.
 
     ``codes``/``ks``/``ms``: every term's level codes, columns and levels in lme4's
     order (the first term is first).  Returns (middle, border, clusters, n_cl,
-    slots, slot arrays): every subset of the later terms is tried as border (the
+    slots, slot arrays, dense coupling): every subset of the later terms is tried as border (the
     number of later terms is small), keeping the cheapest.
     """
+    max_border = routing.MAX_BORDER if max_border is None else max_border
     later = list(range(1, len(ks)))
+    per_level = {t: ks[t] * _level_counts(codes[0], ms[0], codes[t], ms[t]) for t in later}
     best = None
     subsets = itertools.chain.from_iterable(
         itertools.combinations(later, r) for r in range(len(later) + 1))
@@ -285,9 +336,11 @@ def choose_blocks(codes: list[np.ndarray], ks: list[int], ms: list[int], p: int,
             sl, most = _slots(comp, n_cl)
             slot_arrays.append(sl)
             slots.append(most)
-        cost = _cost(ks, ms, n_cl, slots, mid, border, p)
+        entries = sum((per_level[t] for t in mid), np.zeros(ms[0], np.int64))
+        cost, dense = _cost(ks, ms, n_cl, slots, mid, border, p, entries, max_border)
         if best is None or cost < best[0]:
-            best = (cost, tuple(mid), tuple(border), comps, n_cl, tuple(slots), slot_arrays)
+            best = (cost, tuple(mid), tuple(border), comps, n_cl, tuple(slots), slot_arrays,
+                    dense)
     if best is None:
         raise ValueError("the random-effects terms are too large for a dense border block")
     return best[1:]
@@ -302,14 +355,14 @@ def analyze(terms, p: int) -> tuple[Structure, Placement]:
     ks = [t.Z.shape[1] for t in terms]
     ms = [int(t.nlevels) for t in terms]
     codes = [np.asarray(t.codes, np.int64) for t in terms]
-    mid, border, comps, n_cl, slots, slot_arrays = choose_blocks(codes, ks, ms, p)
+    mid, border, comps, n_cl, slots, slot_arrays, dense = choose_blocks(codes, ks, ms, p)
     cluster = [None] * len(terms)
     slot = [None] * len(terms)
     for t, comp, sl in zip(mid, comps, slot_arrays):
         cluster[t] = comp
         slot[t] = sl
     structure = Structure(k=tuple(ks), m=tuple(ms), p=p, middle=mid, border=border,
-                          slots=slots, n_cl=n_cl)
+                          slots=slots, n_cl=n_cl, dense_coupling=dense)
     return structure, Placement(tuple(cluster), tuple(slot))
 
 

@@ -200,8 +200,10 @@ def test_solve_and_conditional_variances_equal_dense_oracle(name, reml):
 
 def test_dense_coupling_equals_pairs(monkeypatch):
     """Past PAIR_LIMIT the first term's coupling is a dense product: same numbers."""
+    monkeypatch.setattr(routing, "PAIR_WEIGHT", 0.0)        # pairs cost nothing
     _, A, _ = _model("crossed_vector")
     monkeypatch.setattr(routing, "PAIR_LIMIT", 0)
+    monkeypatch.setattr(routing, "MAX_BORDER", 0)           # and no border
     _, Ad, _ = _model("crossed_vector")
     assert Ad.structure.dense_coupling and not A.structure.dense_coupling
     theta = _theta(A.structure, 8)

@@ -38,7 +38,8 @@ from scipy.linalg import solve_triangular
 from .. import factor
 from ..frames import as_pandas
 from ..backend import NUMPY
-from ..design import map_levels, newdata_matrix, terms_in_re_form
+from ..design import newdata_matrix, terms_in_re_form
+from ..levels import map_levels
 from .confint import check_level
 
 __all__ = ["predict_interval"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..design import factor_codes
+from ..levels import factor_codes
 from ..formula import FormulaError, column_name, parse_formula, split_top, translate_r_syntax
 
 __all__ = ["Form", "ReLevel", "parse_form", "parse_random", "group_codes", "Packing",
