@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import routing
 from .crossprod import Blocks
 from .structure import Structure, lambdas
 
@@ -319,7 +320,6 @@ class SparsePairOps(PairOps):
         self.op = None
         if not s.n_cl or s.dense_coupling:
             return
-        from scipy.sparse import csr_matrix
         k0 = s.k[0]
         pi, pj = A.pair_i, A.pair_j
         vi, vj = A.ent_v[pi], A.ent_v[pj]
@@ -329,7 +329,14 @@ class SparsePairOps(PairOps):
         rows = np.repeat(pos, k0 * k0)
         cols = (A.ent_a[pi][:, None] * (k0 * k0) + np.arange(k0 * k0)).reshape(-1)
         size = s.n_cl * s.s * s.s
-        self.op = csr_matrix((po.reshape(-1), (rows, cols)), shape=(size, s.m[0] * k0 * k0))
+        if len(rows) > routing.SPARSE_OPERATOR:
+            # imported here: SciPy's sparse package costs 0.1 s to import, more
+            # than a small model's whole fit
+            from scipy.sparse import csr_matrix
+            self.op = csr_matrix((po.reshape(-1), (rows, cols)),
+                                 shape=(size, s.m[0] * k0 * k0))
+        else:
+            self.op = _Triplets(rows, cols, po.reshape(-1), size, s.m[0] * k0 * k0)
         diag = np.zeros((s.n_cl, s.s, s.s), bool)
         diag[:, np.arange(s.s), np.arange(s.s)] = True
         self.mult = np.where(diag.reshape(-1), 1.0, 2.0)
@@ -372,6 +379,21 @@ class SparsePairOps(PairOps):
         e, U = np.linalg.eigh(K)                                       # K = C C'
         C = U * np.sqrt(np.maximum(e, 0.0))[:, None, :]
         return (np.swapaxes(C, 1, 2) @ V).reshape(-1, s.s)
+
+
+class _Triplets:
+    """A sparse matrix as (row, col, value) triplets with its two products in NumPy
+    alone (a weighted count per row or column)."""
+
+    def __init__(self, rows, cols, vals, nrow, ncol):
+        self.rows, self.cols, self.vals, self.shape = rows, cols, vals, (nrow, ncol)
+
+    def __matmul__(self, x):
+        return np.bincount(self.rows, weights=self.vals * x[self.cols], minlength=self.shape[0])
+
+    @property
+    def T(self):
+        return _Triplets(self.cols, self.rows, self.vals, self.shape[1], self.shape[0])
 
 
 def default_ops(be):

@@ -3,7 +3,7 @@ place.  None of them changes a result beyond round-off; each only chooses how th
 definition is computed.  Tests may lower a threshold (``monkeypatch.setattr``) to
 run the other route on small data."""
 
-__all__ = ["UNROLL", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SCALAR_SHORTCUT", "THREADED_WORK",
+__all__ = ["UNROLL", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SPARSE_OPERATOR", "SCALAR_SHORTCUT", "THREADED_WORK",
            "SMALL_WORK", "STEP_ITER"]
 
 # backend: factor blocks of up to this many columns by unrolled elementwise code
@@ -23,6 +23,10 @@ PAIR_LIMIT = 50_000_000
 # structure.choose_blocks: the cost of one multiply-add of a sum over pairs of coupling
 # entries (a sparse, memory-bound product) in dense matrix-product flops.
 PAIR_WEIGHT = 10.0
+
+# factor (eager): the pair sums as a SciPy sparse matrix from this many non-zeros (its
+# product is faster than NumPy's weighted counts, and pays for its 0.1 s import).
+SPARSE_OPERATOR = 1_000_000
 
 # criterion (eager gradient): a scalar term with |lambda| above this takes the
 # diagonal-only form of its trace-rule derivative, (1/lambda) sum (1 - G_cc); closer to

@@ -30,10 +30,19 @@ def theta_scale(weights) -> float:
     return 1.0 / math.sqrt(m) if np.isfinite(m) and m > 0 else 1.0
 
 
-def _indicator(codes, z, m):
-    from scipy.sparse import csr_matrix
-    n = len(codes)
-    return csr_matrix((z, (np.arange(n), codes)), shape=(n, m))
+def _level_sums(codes, z, m, x) -> np.ndarray:
+    """Z'x for a scalar term's Z (value ``z`` of row i in column ``codes[i]``):
+    per-level sums, (m,) for a vector ``x`` and (m, c) for a matrix."""
+    if x.ndim == 1:
+        return np.bincount(codes, weights=z * x, minlength=m)
+    return np.stack([np.bincount(codes, weights=z * x[:, j], minlength=m)
+                     for j in range(x.shape[1])], axis=1).reshape(m, x.shape[1])
+
+
+def _cross_levels(ct, zt, co, zo, m_o):
+    """The non-zero entries (row, col, value) of Z_t'Z_o for two scalar terms."""
+    key, inverse = np.unique(ct * m_o + co, return_inverse=True)
+    return key // m_o, key % m_o, np.bincount(inverse.reshape(-1), weights=zt * zo)
 
 
 def moment_start(terms, q: np.ndarray, r: np.ndarray, sw: np.ndarray, floor: float = 0.05,
@@ -68,11 +77,13 @@ def moment_start(terms, q: np.ndarray, r: np.ndarray, sw: np.ndarray, floor: flo
     rss = float(r @ r)
     if not (np.isfinite(rss) and rss > 0 and n > p + 1):
         return None
-    Zs = [_indicator(t.codes, t.Z[:, 0] * sw, t.nlevels) for t in terms]
-    counts = [np.asarray(Z.multiply(Z).sum(axis=0)).ravel() for Z in Zs]
+    codes = [np.asarray(t.codes, np.int64) for t in terms]
+    zs = [t.Z[:, 0] * sw for t in terms]
+    ms = [int(t.nlevels) for t in terms]
+    counts = [np.bincount(c, weights=z * z, minlength=m) for c, z, m in zip(codes, zs, ms)]
     inv = [np.divide(1.0, c, out=np.zeros_like(c), where=c > 0) for c in counts]
-    B = [np.asarray(Z.T @ q) for Z in Zs]                                 # Z_t'Q
-    zy = [np.asarray(Z.T @ r).ravel() for Z in Zs]
+    B = [_level_sums(c, z, m, q) for c, z, m in zip(codes, zs, ms)]      # Z_t'Q
+    zy = [_level_sums(c, z, m, r) for c, z, m in zip(codes, zs, ms)]
     BtB = [b.T @ b for b in B]
     BDB = [b.T @ (b * iv[:, None]) for b, iv in zip(B, inv)]
     ssb = np.array([float(np.sum(z ** 2 * iv)) for z, iv in zip(zy, inv)])
@@ -83,10 +94,10 @@ def moment_start(terms, q: np.ndarray, r: np.ndarray, sw: np.ndarray, floor: flo
                 C[t, t] = (float(np.sum(counts[t])) - 2.0 * float(np.sum(B[t] * B[t]))
                            + float(np.sum(BDB[t] * BtB[t])))
                 continue
-            Zto = (Zs[t].T @ Zs[o]).tocoo()                           # sparse Z_t'Z_o
-            cross = np.einsum("ej,ej->e", B[t][Zto.row], B[o][Zto.col])
-            C[t, o] = (float(np.sum(Zto.data ** 2 * inv[t][Zto.row]))
-                       - 2.0 * float(np.sum(Zto.data * cross * inv[t][Zto.row]))
+            row, col, val = _cross_levels(codes[t], zs[t], codes[o], zs[o], ms[o])
+            cross = np.einsum("ej,ej->e", B[t][row], B[o][col])
+            C[t, o] = (float(np.sum(val ** 2 * inv[t][row]))
+                       - 2.0 * float(np.sum(val * cross * inv[t][row]))
                        + float(np.sum(BDB[t] * BtB[o])))
     E = np.zeros((T + 1, T + 1))
     E[0, 0] = n - p

@@ -223,3 +223,19 @@ def test_blocks_follow_the_design():
     assert s.border and s.n_cl == 8                           # h in the border
     assert _model("crossed")[1].structure.n_cl in (0, 1)
     assert _model("nested_3")[1].structure.s == 1 + 3         # a with its a:b levels
+
+
+@pytest.mark.parametrize("name", ["crossed", "crossed_vector", "partially_crossed", "nested_slopes"])
+def test_pair_operator_numpy_equals_scipy(monkeypatch, name):
+    """The pair sums by NumPy weighted counts (small designs) and by a SciPy sparse
+    matrix (large ones) give the same value and gradient."""
+    monkeypatch.setattr(routing, "PAIR_WEIGHT", 0.0)        # keep the middle and pairs
+    _, A, _ = _model(name)
+    if not A.structure.n_cl:
+        pytest.skip("no middle block")
+    theta = _theta(A.structure, 5)
+    f, g = criterion.EagerModel(A).value_grad(theta)
+    monkeypatch.setattr(routing, "SPARSE_OPERATOR", 0)
+    fs, gs = criterion.EagerModel(A).value_grad(theta)
+    assert fs == pytest.approx(f, rel=1e-13)
+    np.testing.assert_allclose(gs, g, rtol=1e-11, atol=1e-11)
