@@ -112,8 +112,9 @@ def value(theta, A: Blocks, reml=True, be=NUMPY, ops=None):
 # ----------------------------------------------------------------------------------
 # The gradient (the trace rule on the factor's pattern)
 # ----------------------------------------------------------------------------------
-def first_term_q(Gt: fac.Inverse, A: Blocks, be, ops):
-    """Q_a = B_a G~ B_a' (m0, k0, k0) for the first term's levels."""
+def first_term_q(Gt: fac.Inverse, A: Blocks, be, ops, middle: bool = True):
+    """Q_a = B_a G~ B_a' (m0, k0, k0) for the first term's levels (without the
+    middle-middle part V_a G~_mm V_a' of a dense coupling when not ``middle``)."""
     xp = be.xp
     s = A.structure
     m0, k0, n_b = A.b0.shape
@@ -126,7 +127,8 @@ def first_term_q(Gt: fac.Inverse, A: Blocks, be, ops):
         V = ops.coupling(A)                                            # (m0, k0, s)
         bgm = (A.b0.reshape(m0 * k0, n_b) @ Gt.Gbm[0]).reshape(m0, k0, s.s)
         C = bgm @ xp.swapaxes(V, 1, 2)
-        return Q + C + xp.swapaxes(C, 1, 2) + ops.dense_adjoint(Gt.Gmm, A)
+        Q = Q + C + xp.swapaxes(C, 1, 2)
+        return Q + ops.dense_adjoint(Gt.Gmm, A) if middle else Q
     gbm = xp.swapaxes(Gt.Gbm, 1, 2).reshape(s.n_cl * s.s, s.n_b)        # (q_mid, n_b)
     se = xp.einsum("ekp,ep->ek", A.b0[A.ent_a], gbm[A.ent_pos])        # b0_a G~[b, pos_e]
     cross = A.ent_v[:, :, None] * se[:, None, :]
@@ -205,17 +207,25 @@ def gradient(theta, A: Blocks, F: fac.Factor, w: Weights, be, ops, data: bool = 
     s = A.structure
     G = fac.inverse(F, w.wm, w.wb, be)
     Gt = fac.tilde(G, F, s, xp)
-    Q = first_term_q(Gt, A, be, ops)
+    # A scalar first term with a dense coupling (eagerly, without the data
+    # derivatives): Q enters its derivative only through sum_a c_a Q_a, with
+    # c_a = -lambda P_a^2 (below), whose middle part is <G~_mm, V' diag(P^2) V>: one
+    # symmetric rank-m0 product instead of V G~ V' level by level.
+    inner = be.name == "numpy" and s.dense_coupling and s.k[0] == 1 and not data
+    Q = first_term_q(Gt, A, be, ops, middle=not inner)
     lams = F.lams
     lam0 = lams[0]
     lam0t = xp.swapaxes(lam0, 0, 1)
     PLd = F.P @ lam0t @ A.d0                                           # P lambda0' D
     PLQ = F.P @ lam0t @ Q
+    # For k0 = 1, term_a = w0 P_a lambda d_a - lambda P_a^2 Q_a (1 - lambda^2 P_a d_a = P_a).
     term = w.w0 * PLd - PLQ + PLQ @ lam0 @ PLd
     tot = xp.sum(term, axis=0)
     grads = {}
     r, c = tril_indices(s.k[0])
     grads[0] = 2.0 * tot[c, r]
+    if inner:
+        grads[0] = grads[0] - 2.0 * lam0[0, 0] * ops.weighted_inner(F.P[:, 0, 0] ** 2, Gt.Gmm[0], A)
     blocks = _later_terms(A, F, G, w, be)
     for t, blk in blocks.items():
         r, c = tril_indices(s.k[t])
@@ -321,6 +331,16 @@ class EagerModel:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             f = value(np.asarray(theta, np.float64), self.A, self.reml, NUMPY, self.ops)
         return float(f) if np.isfinite(f) else np.inf
+
+    def solve(self, theta):
+        """(criterion, :class:`mixedjax.factor.Solution`) at ``theta`` from one
+        factorization; the criterion is inf where M is not positive definite."""
+        theta = np.asarray(theta, np.float64)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            F = fac.factorize(theta, self.A, NUMPY, self.ops)
+            f = from_factor(F, self.A, self.reml, NUMPY)
+            sol = fac.solve(F, self.A, NUMPY, self.ops)
+        return (float(f) if np.isfinite(f) else np.inf), sol
 
     def value_grad(self, theta):
         """(criterion, gradient); (inf, NaN) where M is not positive definite."""

@@ -293,6 +293,13 @@ class PairOps:
         KV = (K @ V).reshape(m0 * k0, s)
         return (xp.swapaxes(V.reshape(m0 * k0, s), 0, 1) @ KV)[None]
 
+    def weighted_inner(self, c, Gt_mm, A: Blocks):
+        """<G~_mm, sum_a c_a V_a' V_a> for a scalar first term and c >= 0, which is
+        sum_a c_a V_a G~_mm V_a' (one cluster)."""
+        xp = self.be.xp
+        V = self.coupling(A)[:, 0, :]
+        return xp.sum(Gt_mm * ((V * c[:, None]).T @ V))
+
     def dense_adjoint(self, Gt_mm, A: Blocks):
         """V_a G~_mm V_a' (m0, k0, k0) (one cluster)."""
         xp = self.be.xp
@@ -370,6 +377,14 @@ class SparsePairOps(PairOps):
         if "V" not in self.__dict__:
             self.V = coupling_dense(A, self.be)                         # (m0, k0, s)
         return self.V
+
+    def weighted_inner(self, c, Gt_mm, A: Blocks):
+        import scipy.linalg
+        W = self.coupling(A)[:, 0, :] * np.sqrt(c)[:, None]
+        C = scipy.linalg.blas.dsyrk(1.0, W, trans=1, lower=1)           # lower triangle
+        # <G, C> over the whole of the symmetric C from its lower triangle
+        return 2.0 * np.einsum("ij,ij->", Gt_mm, C) - np.dot(np.diagonal(Gt_mm),
+                                                            np.diagonal(C))
 
     def _dense_w(self, K, A: Blocks):
         s = A.structure

@@ -15,7 +15,6 @@ from typing import NamedTuple
 import numpy as np
 
 from . import factor, optim
-from .backend import NUMPY
 from .criterion import EagerModel, curvature_guess
 from .structure import diagonal_mask, rectify_theta
 from ._warn import warn_user
@@ -108,8 +107,5 @@ def fit_eager(em: EagerModel, theta0, placement, max_iter: int = 200,
             opt = opt._replace(x=opt.x * scale, grad=opt.grad / scale,
                                hess=opt.hess / scale ** 2)
         theta = rectify_theta(opt.x, s)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            F = factor.factorize(theta, em.A, NUMPY, em.ops)
-            sol = factor.solve(F, em.A, NUMPY, em.ops)
-        obj = em.value(theta)
+        obj, sol = em.solve(theta)
     return FitOutput(opt=opt, theta=theta, objective=np.asarray(obj), solution=sol)

@@ -389,11 +389,21 @@ def minimize_bfgs_eager(value_grad: Callable, x0, log_mask=None, hess0=None,
         # the first step alone takes the gradient down by the difference Hessian's
         # relative error (~1e-5).  After one or two short steps the curvature has not
         # changed beyond that error, so the difference Hessian stays the record.
-        s = minimize(lambda xx: (*value_grad(xx), None), x, EAGER, "bfgs",
-                     hess0=_modified_inverse(H), max_iter=max(max_iter - it, 1), gtol=gtol,
-                     dtol=0.0)
+        known = [x.copy(), f, g]
+
+        def evaluate_x(xx):
+            # The search starts where the last one ended: its (f, g) are known.
+            if known and np.array_equal(xx, known[0]):
+                _, fk, gk = known
+                known.clear()
+                return fk, gk, None
+            known.clear()
+            return (*value_grad(xx), None)
+
+        s = minimize(evaluate_x, x, EAGER, "bfgs", hess0=_modified_inverse(H),
+                     max_iter=max(max_iter - it, 1), gtol=gtol, dtol=0.0)
         x, f, g = s.x, float(s.f), s.g
-        it, nfev, status = it + int(s.it), nfev + int(s.nfev), int(s.status)
+        it, nfev, status = it + int(s.it), nfev + int(s.nfev) - 1, int(s.status)
         if int(s.it) > 2:
             H = fd_hessian(grad, x, g)
             nfev += n

@@ -198,13 +198,16 @@ def test_solve_and_conditional_variances_equal_dense_oracle(name, reml):
     np.testing.assert_allclose(solj.beta, sol.beta, rtol=1e-10, atol=1e-12)
 
 
-def test_dense_coupling_equals_pairs(monkeypatch):
-    """Past PAIR_LIMIT the first term's coupling is a dense product: same numbers."""
+@pytest.mark.parametrize("name", ["crossed_vector", "crossed"])
+def test_dense_coupling_equals_pairs(monkeypatch, name):
+    """Past PAIR_LIMIT the first term's coupling is a dense product: same numbers
+    (for a scalar first term the eager gradient takes it through one weighted
+    product, criterion.gradient)."""
     monkeypatch.setattr(routing, "PAIR_WEIGHT", 0.0)        # pairs cost nothing
-    _, A, _ = _model("crossed_vector")
+    _, A, _ = _model(name)
     monkeypatch.setattr(routing, "PAIR_LIMIT", 0)
     monkeypatch.setattr(routing, "MAX_BORDER", 0)           # and no border
-    _, Ad, _ = _model("crossed_vector")
+    _, Ad, _ = _model(name)
     assert Ad.structure.dense_coupling and not A.structure.dense_coupling
     theta = _theta(A.structure, 8)
     f, g = criterion.EagerModel(A).value_grad(theta)
