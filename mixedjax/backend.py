@@ -167,7 +167,12 @@ class _NumpyBackend(Backend):
             inv, info = scipy.linalg.lapack.dpotri(L, lower=1)
             if info != 0:
                 return np.full_like(L, np.nan)
-            return np.tril(inv) + np.tril(inv, -1).T
+            # mirror the lower triangle (dpotri leaves the upper one as it was)
+            inv = np.tril(inv)
+            diag = np.diagonal(inv).copy()
+            inv += inv.T
+            inv[np.diag_indices_from(inv)] = diag
+            return inv
         return super().chol_inverse(L)
 
 

@@ -97,7 +97,9 @@ def scale_cols(M, lams, segments, xp):
         cursor = start + nlev * k
     if cursor < M.shape[-1]:
         pieces.append(M[..., cursor:])
-    return xp.concatenate(pieces, axis=-1)
+    # one segment over all columns: no copy into a new array (a dense cluster of
+    # thousands of columns is scaled four times per evaluation)
+    return pieces[0] if len(pieces) == 1 else xp.concatenate(pieces, axis=-1)
 
 
 def scale_rows(M, lams, segments, xp):
