@@ -6,8 +6,11 @@ already configured, JAX's persistent compilation cache under
 ``~/.cache/mixedjax`` (or ``$MIXEDJAX_CACHE_DIR``), so a model structure compiled
 once loads from disk in later processes.  It does not import JAX itself: models
 are built and fitted eagerly in NumPy, and JAX loads at the first compiled or
-traced use (see :mod:`mixedjax._config`).
+traced use (see :mod:`mixedjax._config`).  ``lmer`` fits a Dask DataFrame out of
+core (:mod:`mixedjax.outofcore`, which alone imports Dask).
 """
+
+import functools as _functools
 
 from ._config import VERSION as __version__
 from ._config import configure_jax as _configure_jax
@@ -17,9 +20,24 @@ _configure_jax()
 from . import datasets  # noqa: E402
 from .design import Design, make_design  # noqa: E402
 from .formula import ParsedFormula, RandomTerm, parse_formula  # noqa: E402
-from .model import LMM, ConvergenceWarning, lmer  # noqa: E402
+from .model import LMM, ConvergenceWarning  # noqa: E402
+from .model import lmer as _lmer_in_memory  # noqa: E402
 from .result import LMMResult  # noqa: E402
 from . import methods as _methods  # noqa: E402,F401  (attaches LMMResult's methods)
+
+
+@_functools.wraps(_lmer_in_memory)
+def lmer(formula, data, *args, **kwargs):
+    # A Dask DataFrame goes to the out-of-core fit.  It is recognized by its type's
+    # module, so that neither Dask nor mixedjax.outofcore is imported for other data.
+    if type(data).__module__.split(".")[0] in ("dask", "dask_expr"):
+        from . import outofcore
+        return outofcore.lmer(formula, data, *args, **kwargs)
+    return _lmer_in_memory(formula, data, *args, **kwargs)
+
+
+lmer.__module__ = __name__      # pickled by reference as mixedjax.lmer, this function
+
 
 # Features beyond the core fit load on first use, so ``import mixedjax`` stays fast.
 _LAZY = {

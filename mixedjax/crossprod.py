@@ -25,12 +25,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .levels import unique_ints
 from .structure import Placement, Structure
 
 __all__ = ["Blocks", "ResponseMap", "Rows", "build", "row_layout", "basis", "design_blocks",
-           "response_map", "response_parts",
-           "with_response", "to_device", "register_pytrees", "project"]
-
+           "response_map", "response_parts", "with_response", "to_device", "register_pytrees",
+           "project", "pairs"]
 
 
 class Blocks:
@@ -159,7 +159,7 @@ def row_layout(terms, s: Structure, place: Placement):
     mid_pos = join(mid_pos, np.int64)
     width = max(s.n_cl * s.s, 1)
     key = codes0[:, None] * width + mid_pos                            # (n, K)
-    uniq, inv = np.unique(key.reshape(-1), return_inverse=True)
+    uniq, inv = unique_ints(key, return_inverse=True)
     rows = Rows(codes0=codes0, z0=np.asarray(terms[0].Z, np.float64), mid_pos=mid_pos,
                 mid_z=join(mid_z, np.float64), bor_pos=join(bor_pos, np.int64),
                 bor_z=join(bor_z, np.float64), ent_idx=inv.reshape(key.shape).astype(np.int64))
@@ -306,8 +306,9 @@ def with_response(A: Blocks, R: ResponseMap, y, be, stable: bool = True) -> Bloc
 # ----------------------------------------------------------------------------------
 # The design's blocks (NumPy, once per design)
 # ----------------------------------------------------------------------------------
-def _pairs(ent_a):
-    """All pairs (i, j), i <= j, of entries of one level, grouped by level."""
+def pairs(ent_a):
+    """All pairs (i, j), i <= j, of entries of one level, grouped by level: the pair
+    lists ``pair_i``/``pair_j`` of :class:`Blocks` for the sorted levels ``ent_a``."""
     if len(ent_a) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts = np.flatnonzero(np.r_[True, ent_a[1:] != ent_a[:-1]])
@@ -342,7 +343,7 @@ def build(terms, X: np.ndarray, y: np.ndarray, structure: Structure, placement: 
     if s.dense_coupling:
         pair_i = pair_j = np.zeros(0, np.int64)
     else:
-        pair_i, pair_j = _pairs(ent_a)
+        pair_i, pair_j = pairs(ent_a)
     parts = design_blocks(rows, sw, q, s, len(ent_a), NUMPY, stable)
     A = Blocks(s, ent_a=ent_a, ent_pos=ent_pos, pair_i=pair_i, pair_j=pair_j,
                n=np.float64(n), p=np.float64(p),

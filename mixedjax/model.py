@@ -58,6 +58,34 @@ class LMM:
         self.data_name = data_name
 
     @classmethod
+    def from_blocks(cls, design: Design, blocks: crossprod.Blocks, placement,
+                    reml: bool = True, response_map: crossprod.ResponseMap | None = None,
+                    rows: crossprod.Rows | None = None, data_name: str | None = None) -> "LMM":
+        """A model from cross-products summed elsewhere (e.g. over the partitions of
+        data larger than memory, :mod:`mixedjax.outofcore`) instead of from rows.
+
+        ``blocks`` (:class:`~mixedjax.crossprod.Blocks`) and ``placement`` in the
+        layout :func:`mixedjax.structure.analyze` gives for ``design``'s terms, as
+        :func:`mixedjax.crossprod.build` would sum them.  ``response_map`` and
+        ``rows``, when the rows are at hand: without them the criterion, the fit and
+        everything that reads the blocks work, while refits to new responses (which
+        map rows) raise; :meth:`start_theta` is then lme4's start and
+        :meth:`check_response` reads ``design.y`` as the weighted response less its
+        offset (or any vector with the same largest |value| and sum of squares).
+        """
+        if not isinstance(blocks, crossprod.Blocks):
+            raise TypeError(f"blocks must be mixedjax.crossprod.Blocks, got "
+                            f"{type(blocks).__name__}")
+        if blocks.structure.m != tuple(t.nlevels for t in design.terms):
+            raise ValueError(f"blocks have terms of {list(blocks.structure.m)} levels but the "
+                             f"design's have {[t.nlevels for t in design.terms]}")
+        model = cls.__new__(cls)
+        model.design, model.reml = design, bool(reml)
+        model.placement, model.blocks = placement, blocks
+        model._rmap, model.rows, model.data_name = response_map, rows, data_name
+        return model
+
+    @classmethod
     def from_formula(cls, formula: str, data: pd.DataFrame, reml: bool = True,
                      weights=None, offset=None) -> "LMM":
         """Build the model: parse, drop incomplete rows, sum the cross-products.
@@ -92,6 +120,10 @@ class LMM:
     def response_map(self):
         """Maps a new response vector to :attr:`arrays`
         (:func:`mixedjax.crossprod.with_response`), on JAX's device."""
+        if self._rmap is None:
+            raise ValueError("this model was built from its cross-products without the rows "
+                             "(LMM.from_blocks), so it cannot map a new response; build it "
+                             "from the data to refit or simulate")
         return crossprod.to_device(self._rmap)
 
     @functools.cached_property
@@ -153,16 +185,27 @@ class LMM:
 
     def start_theta(self) -> np.ndarray:
         """Where :meth:`fit` starts by default: a moment estimate when every term is
-        scalar (:func:`mixedjax.start.moment_start`), else :meth:`initial_theta`."""
+        scalar and the rows are at hand (:func:`mixedjax.start.moment_start`), else
+        :meth:`initial_theta` (relative to the weights' :func:`~mixedjax.start.theta_scale`)."""
         R = self._rmap
-        yw = (self.design.y - R.offset) * R.sqrtw
-        beta, r = crossprod.project(R.q, yw)
-        theta = moment_start(self.design.terms, R.q, r, R.sqrtw)
+        theta = None
+        if R is not None:
+            _, r = crossprod.project(R.q, (self.design.y - R.offset) * R.sqrtw)
+            theta = moment_start(self.design.terms, R.q, r, R.sqrtw)
         if theta is None:
             return self.initial_theta() * theta_scale(self.design.weights)
         return theta
 
     # -- fitting -------------------------------------------------------------------
+    def check_response(self) -> None:
+        """What :meth:`fit` checks first (:func:`mixedjax.fitting.check_response`): a
+        ValueError where the weighted response's sums of squares leave float64 or X
+        fits it exactly, a warning where X fits it to round-off."""
+        R = self._rmap
+        yw = self.design.y if R is None else (self.design.y - R.offset) * R.sqrtw
+        check_response(yw, self.blocks.abb[-1, -1], self.design.response_name,
+                       self.design.weights is not None)
+
     def fit(self, theta0=None, max_iter: int = 200, optimizer: str = "auto"):
         """Minimize the criterion and return an :class:`~mixedjax.result.LMMResult`.
 
@@ -177,9 +220,7 @@ class LMM:
         if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) \
                 or max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-        R = self._rmap
-        check_response((self.design.y - R.offset) * R.sqrtw, self.blocks.abb[-1, -1],
-                       self.design.response_name, self.design.weights is not None)
+        self.check_response()
         given = theta0 is not None
         if not given:
             theta0 = self.start_theta()
@@ -248,6 +289,8 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, theta0=None,
     (the compiled exact-Hessian Newton loop), as :meth:`LMM.fit`; ``control``: a dict
     of optimizer settings, as lme4's ``control = lmerControl(...)``: ``max_iter``
     (the iteration limit, default 200; also accepted as the argument ``max_iter``).
+    ``mixedjax.lmer`` passes a Dask DataFrame to :func:`mixedjax.outofcore.lmer`
+    (data larger than memory, the same estimates).
 
     >>> import mixedjax
     >>> m = mixedjax.lmer("Reaction ~ Days + (Days | Subject)",

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import routing
+from .levels import unique_ints
 
 __all__ = ["Structure", "Placement", "tril_indices", "initial_theta", "lower_bounds",
            "rectify_theta", "lambdas", "diagonal_mask", "analyze", "bucket"]
@@ -255,10 +256,10 @@ def _clusters(codes0: np.ndarray, m0: int, middle_codes: list[np.ndarray],
     # components restricted to the middle levels.
     u = np.concatenate([codes0] * len(middle_codes))
     v = m0 + np.concatenate([c + off for c, off in zip(middle_codes, offsets)])
-    edges = np.unique(u * (m0 + nodes) + v)
+    edges = unique_ints(u * (m0 + nodes) + v)
     label = _components(edges // (m0 + nodes), edges % (m0 + nodes), m0 + nodes)
     mid = label[m0:]
-    used, comp = np.unique(mid, return_inverse=True)
+    used, comp = unique_ints(mid, return_inverse=True)
     return [comp[a:b] for a, b in zip(offsets[:-1], offsets[1:])], len(used)
 
 
@@ -275,7 +276,7 @@ def _slots(comp: np.ndarray, n_cl: int) -> tuple[np.ndarray, int]:
 def _level_counts(codes0: np.ndarray, m0: int, codes: np.ndarray, m: int) -> np.ndarray:
     """For each first-term level, the number of distinct levels of a later term in
     its rows (the later term's coupling entries of that level, per column)."""
-    pairs = np.unique(codes0 * m + codes)
+    pairs = unique_ints(codes0 * m + codes)
     return np.bincount(pairs // m, minlength=m0)
 
 

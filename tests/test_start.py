@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 import mixedjax
-from mixedjax.start import moment_start
+from mixedjax import crossprod
+from mixedjax.start import moment_start, moment_sums, moment_theta
 from conftest import no_h_effect_data
 
 
@@ -73,3 +74,24 @@ def test_vector_valued_terms_start_at_lme4s_value():
     assert moment_start(m.design.terms, np.zeros((m.design.n, 2)), np.ones(m.design.n),
                         np.ones(m.design.n)) is None
     np.testing.assert_array_equal(m.start_theta(), m.initial_theta())
+
+
+def test_moment_equations_read_only_the_sums():
+    """moment_start is moment_theta of the rows' moment_sums; weights c w give the
+    estimate for w times c^-1/2 (theta is relative to sigma)."""
+    data = _crossed(5, weights=True)
+    m = mixedjax.LMM.from_formula("y ~ x + (1|g) + (1|h)", data, weights="w")
+    heavy = mixedjax.LMM.from_formula("y ~ x + (1|g) + (1|h)", data.assign(w=4.0 * data["w"]),
+                                      weights="w")
+    sums = moment_sums(m.design.terms, *_basis_and_residual(m))
+    assert sorted(sums.cross) == [(0, 1)]
+    np.testing.assert_allclose(moment_theta(sums), m.start_theta(), rtol=1e-12)
+    np.testing.assert_allclose(heavy.start_theta(), 0.5 * m.start_theta(), rtol=1e-10)
+
+
+def _basis_and_residual(m):
+    """The weighted stable basis, residual and sqrt(weights) of a model's rows."""
+    sw = np.sqrt(m.design.weights)
+    q, _ = crossprod.basis(m.design.X * sw[:, None])
+    _, r = crossprod.project(q, m.design.y * sw)
+    return q, r, sw
