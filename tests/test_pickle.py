@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import mixedjax
+import mixedjax.bootstrap  # PBTestResult, built directly below
 from mixedjax import persist
 from mixedjax.design import EVAL_ENV, newdata_matrix
 
