@@ -54,6 +54,10 @@ def _chosen() -> int | None:
 
 @functools.cache
 def _controller():
+    # SciPy's LAPACK (the eager factorization's large blocks) links its own
+    # OpenBLAS, loaded with scipy.linalg: load it first, or the controller would
+    # limit NumPy's library alone and SciPy's would run on all cores.
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import ThreadpoolController
     return ThreadpoolController()
 
