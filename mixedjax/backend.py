@@ -14,8 +14,10 @@ library does best:
   loops under ``vmap`` and never call batched LAPACK (which can hang jaxlib's CPU
   thread pool when several batched calls run at once).  Larger blocks use
   LAPACK: SciPy's in NumPy (NumPy and SciPy bundle separate OpenBLAS thread
-  pools, and waking NumPy's between SciPy's LAPACK calls halves their speed),
-  ``jax.numpy.linalg`` in JAX.
+  pools, and waking NumPy's between SciPy's LAPACK calls halves their speed).
+  In JAX, blocks of up to :data:`mixedjax.routing.LOOP_LIMIT` columns are
+  factored by a loop over columns, vectorized over the batch (again no batched
+  LAPACK under ``vmap``), and larger ones by ``jax.numpy.linalg``.
 
 :data:`NUMPY` is the eager backend (no JAX import); :func:`jax_backend` the traced
 one.  A matrix that is not positive definite gives NaN factors in both (callers
@@ -191,17 +193,54 @@ class _JaxBackend(Backend):
     def chol(self, A):
         if A.shape[-1] <= routing.UNROLL:
             return _chol_unrolled(A, self.xp)
+        if A.shape[-1] <= routing.LOOP_LIMIT:
+            return self._chol_loop(A)
         return self.xp.linalg.cholesky(A)
+
+    def _chol_loop(self, A):
+        """Cholesky factor by a loop over columns (left-looking; Golub & Van Loan,
+        Matrix Computations, alg. 4.2.1), each step vectorized over the batch: no
+        LAPACK call, so ``vmap`` never batches one (module docstring)."""
+        jnp, lax = self.xp, self.jax.lax
+        k = A.shape[-1]
+        rows = jnp.arange(k)
+
+        def column(j, L):
+            Lj = lax.dynamic_index_in_dim(L, j, axis=-2, keepdims=False)      # row j
+            v = lax.dynamic_index_in_dim(A, j, axis=-1, keepdims=False) - (L @ Lj[..., None])[..., 0]
+            vjj = lax.dynamic_index_in_dim(v, j, axis=-1, keepdims=False)
+            d = jnp.sqrt(jnp.where(vjj > 0, vjj, jnp.nan))
+            col = jnp.where(rows > j, v / d[..., None], jnp.where(rows == j, d[..., None], 0.0))
+            return lax.dynamic_update_index_in_dim(L, col, j, axis=-1)
+
+        return lax.fori_loop(0, k, column, jnp.zeros_like(A))
+
+    def _tri_inv_loop(self, L):
+        """Inverse of lower-triangular L by forward substitution row by row, each
+        step vectorized over the batch (no LAPACK call)."""
+        jnp, lax = self.xp, self.jax.lax
+        k = L.shape[-1]
+        eye = jnp.eye(k, dtype=L.dtype)
+
+        def row(i, X):
+            Li = lax.dynamic_index_in_dim(L, i, axis=-2, keepdims=False)     # (..., k)
+            lii = lax.dynamic_index_in_dim(Li, i, axis=-1, keepdims=False)
+            r = (eye[i] - (Li[..., None, :] @ X)[..., 0, :]) / lii[..., None]
+            return lax.dynamic_update_index_in_dim(X, r, i, axis=-2)
+
+        return lax.fori_loop(0, k, row, jnp.zeros_like(L))
 
     def tri_inv(self, L):
         k = L.shape[-1]
         if k <= routing.UNROLL:
             return _tri_inv_unrolled(L, self.xp)
+        if k <= routing.LOOP_LIMIT:
+            return self._tri_inv_loop(L)
         eye = self.xp.broadcast_to(self.xp.eye(k, dtype=L.dtype), L.shape)
         return self.jax.scipy.linalg.solve_triangular(L, eye, lower=True)
 
     def solve_lower(self, L, B, trans: bool = False):
-        if L.shape[-1] <= routing.UNROLL:
+        if L.shape[-1] <= routing.LOOP_LIMIT:
             return super().solve_lower(L, B, trans)
         return self.jax.scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0)
 

@@ -3,12 +3,17 @@ place.  None of them changes a result beyond round-off; each only chooses how th
 definition is computed.  Tests may lower a threshold (``monkeypatch.setattr``) to
 run the other route on small data."""
 
-__all__ = ["UNROLL", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SPARSE_OPERATOR", "SCALAR_SHORTCUT", "THREADED_WORK",
+__all__ = ["UNROLL", "LOOP_LIMIT", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SPARSE_OPERATOR", "SCALAR_SHORTCUT", "THREADED_WORK",
            "SMALL_WORK", "STEP_ITER"]
 
 # backend: factor blocks of up to this many columns by unrolled elementwise code
 # (batched over levels) rather than a LAPACK call per block.
 UNROLL = 6
+
+# backend (JAX): blocks of up to this many columns by a loop over columns vectorized
+# over the batch (no LAPACK call, which under vmap can hang jaxlib's CPU thread
+# pool); larger ones by LAPACK.
+LOOP_LIMIT = 64
 
 # structure.choose_blocks: at most this many columns (levels x k) in the dense border
 # block; later terms beyond it stay in the sparse middle block.
