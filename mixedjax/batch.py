@@ -12,10 +12,14 @@ which is exactly where the uninterrupted iteration would have gone on, so result
 do not depend on the chunk size or on the number of devices.
 
 Memory stays bounded: one chunk of responses and fit state at a time, plus one row
-of summaries per replicate.  Each chunk is sharded over all JAX devices
-(``jax.sharding.Mesh`` + ``NamedSharding`` on the lane axis); the design arrays are
-replicated.  Compiled code is reused across chunks and calls: one function per
-(design structure, chunk size, padded n), for REML and ML fits alike.
+of summaries per replicate.  Each chunk is sharded over the process's local JAX
+devices (``jax.sharding.Mesh`` + ``NamedSharding`` on the lane axis); the design
+arrays are replicated.  Under ``jax.distributed`` each process fits its own
+replicates on its own devices (:func:`mixedjax.executors.process_replicates`):
+``jax.devices()`` would list every process's devices, and a chunk sharded over
+devices of other processes could not be read back here.  Compiled code is reused
+across chunks and calls: one function per (design structure, chunk size, padded
+n), for REML and ML fits alike.
 """
 
 from __future__ import annotations
@@ -96,15 +100,15 @@ def fit_spec(model, theta0=None) -> FitSpec:
 
 
 def device_mesh():
-    """A one-axis mesh over every JAX device (None with a single device)."""
-    devices = jax.devices()
+    """A one-axis mesh over this process's JAX devices (None with a single one)."""
+    devices = jax.local_devices()
     if len(devices) == 1:
         return None
     return jax.sharding.Mesh(np.array(devices), ("rep",))
 
 
 def chunk_size_for(spec: FitSpec, nsim: int, chunk_size: int | None = None) -> int:
-    """Lanes per kernel call: a multiple of the device count.
+    """Lanes per kernel call: a multiple of the local device count.
 
     By default as many as keep the fit state of a chunk near 256 MB per device
     (512 lanes per CPU device at most: larger chunks fall out of the CPU caches;
@@ -112,7 +116,7 @@ def chunk_size_for(spec: FitSpec, nsim: int, chunk_size: int | None = None) -> i
     two sizes occur per design, so at most two compilations: a compile costs
     seconds, idle lanes far less.
     """
-    ndev = jax.device_count()
+    ndev = jax.local_device_count()
     if chunk_size is not None:
         if not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -190,7 +194,7 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
             _place(np.ones(B, np.int64), mesh), jnp.asarray(spec.reml), scale)
     warm = threading.Thread(target=_warm_up, args=args, daemon=True)
     warm.start()
-    bar = _progress(nsim, progress, desc)
+    bar = progress_bar(nsim, progress, desc)
     next_rep = 0
     finished = 0
     while finished < nsim:
@@ -287,7 +291,8 @@ def _refill(lanes: Lanes, next_rep: int, nsim: int, rows, theta0):
     return Lanes(rep, theta, Y, done), next_rep
 
 
-def _progress(nsim: int, progress: bool | None, desc: str):
+def progress_bar(nsim: int, progress: bool | None, desc: str):
+    """A tqdm bar over ``nsim`` fits when ``progress`` (None: from PROGRESS_MIN fits on)."""
     if progress is None:
         progress = nsim >= PROGRESS_MIN
     if not progress:

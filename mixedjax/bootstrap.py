@@ -14,24 +14,30 @@
 Replicates whose fit did not converge are excluded from intervals, summaries and
 p-values (their rows of ``replicates`` are NaN, as ``bootMer`` reports failed fits
 as NA), and counted in the printed output.
+
+Both take ``executor=`` (any :class:`concurrent.futures.Executor`) and
+``replicates=range(lo, hi)`` (an array job's share; ``concat`` joins the shares)
+as :mod:`mixedjax.executors` describes; replicate i is the same either way.
 """
 
 from __future__ import annotations
 
 import time
 
+import jax
 import numpy as np
 import pandas as pd
 
-from .batch import fit_responses, fit_spec
+from .executors import (check_executor, check_parts, check_pieces, check_replicates,
+                        run_replicates)
 from .inference.confint import check_level, percent_labels
 from .inference.params import parameter_names, sdcor_values
 from .model import LMM
 from .persist import save
-from .simparams import Simulator, as_key, check_nsim
-from .simulate import BatchResult, model_of, fitted_params
+from .simparams import as_key, check_nsim
+from .simulate import BatchResult, Shifted, SimFits, model_of, fitted_params
 
-__all__ = ["bootstrap", "BootstrapResult", "pb_test", "PBTestResult"]
+__all__ = ["bootstrap", "BootstrapResult", "pb_test", "PBTestResult", "pb_table"]
 
 _METHODS = {"percentile": "percentile", "perc": "percentile", "basic": "basic"}
 
@@ -43,7 +49,9 @@ class BootstrapResult:
     :func:`mixedjax.inference.params.parameter_names` (NaN rows for replicates that did
     not converge); ``estimate``: the original fit's values; ``converged`` (per
     replicate); ``batch``: the :class:`~mixedjax.simulate.BatchResult` of the refits
-    (``batch[i]`` is replicate i as a full fit); ``key``: the PRNG key used.
+    (``batch[i]`` is replicate i as a full fit); ``key``: the PRNG key used.  The
+    rows of ``replicates`` are indexed by replicate number (``range(lo, hi)`` for a
+    share of a run; :meth:`concat` joins the shares).
     """
 
     def __init__(self, estimate: pd.Series, batch: BatchResult, key):
@@ -58,7 +66,22 @@ class BootstrapResult:
 
     @property
     def nsim(self) -> int:
+        """The number of replicates (of this share, for a share of a run)."""
         return len(self.converged)
+
+    @classmethod
+    def concat(cls, parts) -> "BootstrapResult":
+        """The bootstraps of disjoint shares of one run (the same fit and key,
+        ``replicates=`` ranges) joined in replicate order."""
+        parts = check_parts(parts, cls, lambda p: p.batch.replicate_range)
+        key = _key_data(parts[0].key)
+        for p in parts[1:]:
+            if not np.array_equal(_key_data(p.key), key):
+                raise ValueError("the pieces were drawn with different keys")
+            if not p.estimate.equals(parts[0].estimate):
+                raise ValueError("the pieces are bootstraps of different fits")
+        return cls(parts[0].estimate, BatchResult.concat([p.batch for p in parts]),
+                   parts[0].key)
 
     def save(self, path) -> None:
         """Write the bootstrap to the file ``path`` (with a format version);
@@ -108,23 +131,35 @@ class BootstrapResult:
         return head + "\n" + self.summary().to_string()
 
 
+def _key_data(key) -> np.ndarray:
+    key = jax.numpy.asarray(key)
+    if jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key)
+
+
 def bootstrap(result, nsim: int, key=None, chunk_size: int | None = None,
-              max_iter: int = 100, progress: bool | None = None) -> BootstrapResult:
+              max_iter: int = 100, progress: bool | None = None, executor=None,
+              replicates=None, pieces: int | None = None) -> BootstrapResult:
     """Parametric bootstrap: ``nsim`` responses simulated from the fit (new random
     effects and residuals), each refitted (REML or ML as the fit), in one batched
     call.  ``key``: a ``jax.random.key`` or int seed (replicate i is
     ``result.simulate(nsim, key)[i]``); see :func:`mixedjax.simulate.refit_many` for
-    ``chunk_size``, ``max_iter`` and ``progress``."""
+    ``chunk_size``, ``max_iter``, ``progress``, ``executor``, ``replicates`` (a range
+    within 0..nsim-1) and ``pieces``."""
     nsim = check_nsim(nsim)
     model = model_of(result)
+    check_executor(executor)
+    pieces = check_pieces(pieces, executor)
+    reps = check_replicates(replicates, nsim)
     key = as_key(key)
-    spec = fit_spec(model, result.theta)
-    sim = Simulator(model.design, model.structure, fitted_params(result), key, spec.n_pad)
-    fits = fit_responses(spec, sim, nsim, chunk_size=chunk_size, max_iter=max_iter,
-                         progress=progress, desc="bootstrap")
+    job = SimFits(model, fitted_params(result), key, ((model, result.theta, "bootstrap"),),
+                  nsim, chunk_size, max_iter, desc="bootstrap")
+    fits = run_replicates(job, reps, executor, pieces, progress)["0"]
+    batch = BatchResult(model, fits, Shifted(job.simulator(), reps.start), first=reps.start)
     names = parameter_names(result)
     estimate = pd.Series(np.concatenate([sdcor_values(result), result._beta]), index=names)
-    return BootstrapResult(estimate, BatchResult(model, fits, sim), key)
+    return BootstrapResult(estimate, batch, key)
 
 
 # ----------------------------------------------------------------------------------
@@ -135,15 +170,37 @@ class PBTestResult:
 
     ``table``: rows ``LRT`` (chi-square reference) and ``PBtest`` (bootstrap
     reference), columns ``stat``, ``df``, ``p.value``; ``lrt_replicates``: the LRT
-    statistic of each replicate (NaN where a fit did not converge); ``converged``.
+    statistic of each replicate (NaN where a fit did not converge); ``converged``;
+    ``first``: the number of the first replicate (not 0 for a share of a run;
+    :meth:`concat` joins the shares).
     """
 
-    def __init__(self, table, lrt_replicates, converged, formulas, seconds):
+    def __init__(self, table, lrt_replicates, converged, formulas, seconds, first: int = 0):
         self.table = table
         self.lrt_replicates = lrt_replicates
         self.converged = converged
         self.formulas = formulas
         self.seconds = seconds
+        self.first = int(first)
+
+    def __setstate__(self, state):
+        self.__dict__.update({"first": 0, **state})
+
+    @classmethod
+    def concat(cls, parts) -> "PBTestResult":
+        """The tests of disjoint shares of one run joined in replicate order, with the
+        bootstrap p-value over all their replicates."""
+        parts = check_parts(parts, cls, lambda p: range(p.first, p.first + len(p.converged)))
+        t = parts[0].table
+        for p in parts[1:]:
+            if tuple(p.formulas) != tuple(parts[0].formulas) or \
+                    p.table.loc["LRT", "stat"] != t.loc["LRT", "stat"]:
+                raise ValueError("the pieces are tests of different models or data")
+        stars = np.concatenate([p.lrt_replicates for p in parts])
+        ok = np.concatenate([p.converged for p in parts])
+        table = pb_table(t.loc["LRT", "stat"], int(t.loc["LRT", "df"]), stars, ok)
+        return cls(table, stars, ok, parts[0].formulas, sum(p.seconds for p in parts),
+                   first=parts[0].first)
 
     def save(self, path) -> None:
         """Write the test to the file ``path`` (with a format version);
@@ -186,7 +243,8 @@ def _ml_fit(result):
 
 
 def pb_test(m0, m1, nsim: int = 1000, key=None, chunk_size: int | None = None,
-            max_iter: int = 100, progress: bool | None = None) -> PBTestResult:
+            max_iter: int = 100, progress: bool | None = None, executor=None,
+            replicates=None, pieces: int | None = None) -> PBTestResult:
     """Parametric-bootstrap likelihood-ratio test of nested fits (pbkrtest's
     ``PBmodcomp``).
 
@@ -194,9 +252,13 @@ def pb_test(m0, m1, nsim: int = 1000, key=None, chunk_size: int | None = None,
     one with fewer parameters is the null model).  REML fits are refitted by ML.
     Responses are simulated from the null model's ML fit and both models refitted
     to each by ML; the p-value is (1 + #{LRT* >= LRT}) / (1 + nsim) over the
-    replicates where both fits converged.
+    replicates where both fits converged.  ``executor``, ``replicates`` and
+    ``pieces`` as in :func:`bootstrap`.
     """
     nsim = check_nsim(nsim)
+    check_executor(executor)
+    pieces = check_pieces(pieces, executor)
+    reps = check_replicates(replicates, nsim)
     t0 = time.perf_counter()
     model_of(m0), model_of(m1)
     if m0.npar == m1.npar:
@@ -213,20 +275,26 @@ def pb_test(m0, m1, nsim: int = 1000, key=None, chunk_size: int | None = None,
     lrt = max(lrt, 0.0) if lrt > -1e-6 else lrt
     df = m1.npar - m0.npar
     key = as_key(key)
-    spec0, spec1 = fit_spec(f0.model, f0.theta), fit_spec(f1.model, f1.theta)
-    sim = Simulator(d0, f0.model.structure, fitted_params(f0), key, spec0.n_pad)
-    opts = dict(chunk_size=chunk_size, max_iter=max_iter, progress=progress)
-    fits0 = fit_responses(spec0, sim, nsim, desc="null model", **opts)
-    fits1 = fit_responses(spec1, sim, nsim, desc="alternative", **opts)
+    job = SimFits(f0.model, fitted_params(f0), key,
+                  ((f0.model, f0.theta, "null model"), (f1.model, f1.theta, "alternative")),
+                  nsim, chunk_size, max_iter, desc="pb_test")
+    fits = run_replicates(job, reps, executor, pieces, progress)
+    fits0, fits1 = fits["0"], fits["1"]
     ok = fits0["converged"] & fits1["converged"]
     stars = np.where(ok, fits0["objective"] - fits1["objective"], np.nan)
-    extreme = int(np.sum(stars[ok] >= lrt))
-    table = pd.DataFrame({"stat": [lrt, lrt], "df": [float(df), np.nan],
-                          "p.value": [float(_chi2_sf(lrt, df)),
-                                      (1.0 + extreme) / (1.0 + int(ok.sum()))]},
-                         index=["LRT", "PBtest"])
     formulas = (d0.formula.formula, d1.formula.formula)
-    return PBTestResult(table, stars, ok, formulas, time.perf_counter() - t0)
+    return PBTestResult(pb_table(lrt, df, stars, ok), stars, ok, formulas,
+                        time.perf_counter() - t0, first=reps.start)
+
+
+def pb_table(lrt: float, df: int, stars: np.ndarray, ok: np.ndarray) -> pd.DataFrame:
+    """PBmodcomp's table: the LRT with its chi-square p-value and the bootstrap
+    p-value (1 + #{LRT* >= LRT}) / (1 + #converged)."""
+    extreme = int(np.sum(stars[ok] >= lrt))
+    return pd.DataFrame({"stat": [lrt, lrt], "df": [float(df), np.nan],
+                         "p.value": [float(_chi2_sf(lrt, df)),
+                                     (1.0 + extreme) / (1.0 + int(ok.sum()))]},
+                        index=["LRT", "PBtest"])
 
 
 def _chi2_sf(x, df):

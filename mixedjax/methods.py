@@ -74,13 +74,16 @@ def simulate(self, nsim: int = 1, key=None, params=None, **kwargs):
 
 
 def refit_many(self, Y, **kwargs):
-    """Fit this design to every row of ``Y`` (nsim x n) in one compiled call."""
+    """Fit this design to every row of ``Y`` (nsim x n) in one compiled call (or over
+    the workers of ``executor=``; see :func:`mixedjax.simulate.refit_many`)."""
     from .simulate import refit_many as impl
     return impl(self, Y, **kwargs)
 
 
 def bootstrap(self, nsim: int, key=None, **kwargs):
-    """Parametric bootstrap, as MixedModels.jl's ``parametricbootstrap``."""
+    """Parametric bootstrap, as MixedModels.jl's ``parametricbootstrap`` (in this
+    process, over the workers of ``executor=``, or a share ``replicates=range(lo, hi)``;
+    see :func:`mixedjax.bootstrap.bootstrap`)."""
     from .bootstrap import bootstrap as impl
     return impl(self, nsim=nsim, key=key, **kwargs)
 

@@ -36,12 +36,16 @@ from .backend import jax_backend
 from .frames import as_pandas, is_data_frame
 from .crossprod import with_response
 from .batch import chunk_size_for, fit_responses, fit_spec
+from .executors import (check_executor, check_parts, check_pieces, check_replicates,
+                        run_replicates)
 from .model import LMM
-from .simparams import Simulator, as_key, check_nsim, resolve_params
-from .simulate import planning_model
+from .simparams import SimParams, Simulator, as_key, check_nsim, resolve_params
+from .simulate import Shifted, planning_model
+from .structure import bucket
 from .inference.confint import check_level
 
-__all__ = ["power", "power_curve", "PowerResult", "PowerCurve"]
+__all__ = ["power", "power_curve", "PowerResult", "PowerCurve", "PowerJob", "power_result",
+           "curve_of"]
 
 
 @dataclasses.dataclass
@@ -50,7 +54,9 @@ class PowerResult:
 
     ``power``: fraction of converged replicates with p < alpha; ``se``: Monte Carlo
     standard error; ``lower``/``upper``: Clopper-Pearson interval at ``level``;
-    ``pvalues``: per replicate (NaN where a fit did not converge).
+    ``pvalues``: per replicate (NaN where a fit did not converge); ``converged``: per
+    replicate, whether its fits converged; ``first``: the number of the first
+    replicate (not 0 for a share of a run; :meth:`concat` joins the shares).
     """
 
     test: str
@@ -64,6 +70,22 @@ class PowerResult:
     level: float
     pvalues: np.ndarray = dataclasses.field(repr=False)
     nobs: int = 0
+    converged: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    first: int = 0
+
+    @classmethod
+    def concat(cls, parts) -> "PowerResult":
+        """The results of disjoint shares of one run (``replicates=`` ranges) joined in
+        replicate order, with the power over all their replicates."""
+        parts = check_parts(parts, cls, lambda p: range(p.first, p.first + p.nsim))
+        a = parts[0]
+        for p in parts[1:]:
+            if (p.test, p.alpha, p.level, p.nobs) != (a.test, a.alpha, a.level, a.nobs):
+                raise ValueError("the pieces are results of different tests or studies")
+        pvals = np.concatenate([p.pvalues for p in parts])
+        ok = np.concatenate([np.isfinite(p.pvalues) if p.converged is None else p.converged
+                             for p in parts])
+        return power_result(a.test, pvals, ok, a.alpha, a.level, a.nobs, a.first)
 
     def __repr__(self) -> str:
         pct = lambda x: f"{100 * x:.2f}"
@@ -94,6 +116,14 @@ def _axes(ax, plt):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         return fig, ax
     return ax.figure, ax
+
+
+def power_result(test: str, pvalues, ok, alpha, level, nobs, first=0) -> PowerResult:
+    """The :class:`PowerResult` of per-replicate p-values and convergence flags."""
+    pw, se, lo, hi = binomial_summary(pvalues < alpha, ok, level)
+    return PowerResult(test=test, power=pw, se=se, lower=lo, upper=hi, nsim=len(pvalues),
+                       n_failed=int((~ok).sum()), alpha=float(alpha), level=float(level),
+                       pvalues=pvalues, nobs=nobs, converged=ok, first=first)
 
 
 def binomial_summary(reject: np.ndarray, ok: np.ndarray, level: float = 0.95):
@@ -190,7 +220,9 @@ def _satterthwaite_p(theta, Y, A, R, L, reml, sequential):
     return jax.vmap(one)((theta, Y))
 
 
-def _pvalues(test: _Test, spec, sim, nsim, fits, opts):
+def _pvalues(test: _Test, spec, sim, nsim, fits, opts, nsim_total):
+    """p-values of replicates 0..nsim-1 of ``sim`` (their fits in ``fits``) and
+    whether their fits converged; chunks sized for a run of ``nsim_total``."""
     ok = fits["converged"]
     if test.kind == "wald":
         j = int(np.argmax(test.L[0]))
@@ -198,13 +230,16 @@ def _pvalues(test: _Test, spec, sim, nsim, fits, opts):
         p = 2.0 * stats.norm.sf(np.abs(z))
     elif test.kind == "lrt":
         red_spec = fit_spec(test.reduced, _reduced_start(test.reduced, spec))
-        red = fit_responses(red_spec, sim, nsim, desc="reduced model", **opts)
+        lanes = chunk_size_for(red_spec, nsim_total, opts["chunk_size"])
+        red = fit_responses(red_spec, sim, nsim, desc="reduced model",
+                            **{**opts, "chunk_size": lanes})
         stat = np.maximum(red["objective"] - fits["objective"], 0.0)
         df = len(spec.theta0) + spec_p(spec) - len(red_spec.theta0) - spec_p(red_spec)
         p = stats.chi2.sf(stat, df)
         ok = ok & red["converged"]
     else:
-        p = _satterthwaite_all(test, spec, sim, nsim, fits, opts)
+        p = _satterthwaite_all(test, spec, sim, nsim, fits,
+                               chunk_size_for(spec, nsim_total, opts["chunk_size"]))
     return np.where(ok, p, np.nan), ok
 
 
@@ -218,8 +253,7 @@ def _reduced_start(model: LMM, full_spec):
     return model.initial_theta()
 
 
-def _satterthwaite_all(test, spec, sim, nsim, fits, opts):
-    B = chunk_size_for(spec, nsim, opts.get("chunk_size"))
+def _satterthwaite_all(test, spec, sim, nsim, fits, B):
     sequential = jax.default_backend() == "cpu"
     out = np.empty(nsim)
     L = jnp.asarray(test.L)
@@ -235,37 +269,69 @@ def _satterthwaite_all(test, spec, sim, nsim, fits, opts):
 # ----------------------------------------------------------------------------------
 # power and power_curve
 # ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PowerJob:
+    """The simulations of :func:`power` as a picklable job
+    (:mod:`mixedjax.executors`): responses drawn from ``model`` at ``params``
+    (replicate i from ``fold_in(key, i)``), the model fitted to each and the test
+    applied; ``run`` returns the p-values and convergence flags of a range."""
+
+    model: LMM
+    test: _Test
+    params: SimParams
+    key: object
+    nsim: int
+    chunk_size: int | None
+    max_iter: int
+    desc: str = "power"
+
+    def piece(self, lo: int, hi: int) -> "PowerJob":
+        return self
+
+    def run(self, lo: int, hi: int, progress=None) -> dict:
+        d = self.model.design
+        spec = fit_spec(self.model, self.params.theta)
+        sim = Shifted(Simulator(d, self.model.structure, self.params, self.key, bucket(d.n)),
+                      lo)
+        opts = dict(chunk_size=self.chunk_size, max_iter=self.max_iter, progress=progress)
+        lanes = chunk_size_for(spec, self.nsim, self.chunk_size)
+        fits = fit_responses(spec, sim, hi - lo, desc=self.desc,
+                             **{**opts, "chunk_size": lanes})
+        pvals, ok = _pvalues(self.test, spec, sim, hi - lo, fits, opts, self.nsim)
+        return {"pvalues": pvals, "converged": ok}
+
+
 def power(design: pd.DataFrame, formula: str, params: dict, test: str | None = None,
           nsim: int = 1000, key=None, alpha: float = 0.05, level: float = 0.95,
           reml: bool = True, weights=None, offset=None, chunk_size: int | None = None,
-          max_iter: int = 100, progress: bool | None = None) -> PowerResult:
+          max_iter: int = 100, progress: bool | None = None, executor=None,
+          replicates=None, pieces: int | None = None) -> PowerResult:
     """Power of ``test`` for the study ``design`` under the true ``params``.
 
     ``design``: a DataFrame with the covariates and grouping columns of the planned
     study (no response needed); ``formula``: the lme4 formula to fit; ``params``:
     true ``beta``, ``sigma`` and random effects (``theta``, ``VarCorr`` or ``sd``;
     see :mod:`mixedjax.simparams`); ``test``: see the module docstring.  ``reml``
-    applies to the t, F and Wald tests (LRTs use ML fits).
+    applies to the t, F and Wald tests (LRTs use ML fits).  ``executor``,
+    ``replicates`` (a range within 0..nsim-1) and ``pieces`` split the replicates
+    over processes (:mod:`mixedjax.executors`); replicate i is the same either way.
     """
     nsim = check_nsim(nsim)
     check_level(alpha, "alpha")
     check_level(level, "level")
+    check_executor(executor)
+    pieces = check_pieces(pieces, executor)
+    reps = check_replicates(replicates, nsim)
     kw = {"weights": weights, "offset": offset}
     design = as_pandas(design, "design")
     probe = planning_model(formula, design, reml=reml, **kw)
     t = _parse_test(test, probe, formula, design, kw)
     model = probe if t.kind != "lrt" else planning_model(formula, design, reml=False, **kw)
     p = resolve_params(model.design, model.structure, params, None)
-    spec = fit_spec(model, p.theta)
-    sim = Simulator(model.design, model.structure, p, as_key(key), spec.n_pad)
-    opts = dict(chunk_size=chunk_size, max_iter=max_iter, progress=progress)
-    fits = fit_responses(spec, sim, nsim, desc="power", **opts)
-    pvals, ok = _pvalues(t, spec, sim, nsim, fits, opts)
-    pw, se, lo, hi = binomial_summary(pvals < alpha, ok, level)
-    return PowerResult(test=t.label, power=pw, se=se, lower=lo, upper=hi, nsim=nsim,
-                       n_failed=int((~ok).sum()), alpha=float(alpha), level=float(level),
-                       pvalues=pvals, nobs=model.design.n)
-
+    job = PowerJob(model, t, p, as_key(key), nsim, chunk_size, max_iter)
+    out = run_replicates(job, reps, executor, pieces, progress)
+    return power_result(t.label, out["pvalues"], out["converged"].astype(bool), alpha, level,
+                        model.design.n, reps.start)
 
 
 @dataclasses.dataclass
@@ -282,6 +348,18 @@ class PowerCurve:
     def __repr__(self) -> str:
         return (f"Power curve for {self.test} along {self.along} (alpha = {self.alpha:g})\n"
                 + self.table.to_string(index=False))
+
+    @classmethod
+    def concat(cls, parts) -> "PowerCurve":
+        """The curves of disjoint shares of one run (``replicates=`` ranges) joined:
+        each size's :class:`PowerResult` over all the shares' replicates."""
+        parts = check_parts(parts, cls, lambda p: range(
+            p.results[0].first, p.results[0].first + p.results[0].nsim))
+        sizes = list(parts[0].table["size"])
+        if any(list(p.table["size"]) != sizes or p.along != parts[0].along for p in parts):
+            raise ValueError("the pieces are power curves over different sizes")
+        results = [PowerResult.concat([p.results[j] for p in parts]) for j in range(len(sizes))]
+        return curve_of(sizes, results, parts[0].along)
 
     def plot(self, ax=None, target: float | None = 0.8):
         """Power against size with its confidence interval (and a dashed line at
@@ -344,7 +422,8 @@ def power_curve(design, formula: str, params: dict, along: str = "n_groups", val
     ``design``: a DataFrame (resized along ``along``: ``"n_groups"`` repeats its
     groups, ``"n_per_group"`` recycles each group's rows; ``group`` names the
     grouping column when the formula has several) or a function ``size -> DataFrame``.
-    ``values``: the sizes.  Other arguments as :func:`power`; size j uses the key
+    ``values``: the sizes.  Other arguments as :func:`power` (``executor``,
+    ``replicates`` and ``pieces`` included); size j uses the key
     ``fold_in(key, j)``.
     """
     if along not in ("n_groups", "n_per_group"):
@@ -372,10 +451,15 @@ def power_curve(design, formula: str, params: dict, along: str = "n_groups", val
                             f"{size}, not a DataFrame")
         results.append(power(d, formula, params, test=test, nsim=nsim,
                              key=jax.random.fold_in(key, j), alpha=alpha, **kwargs))
+    return curve_of(sizes, results, along)
+
+
+def curve_of(sizes, results, along: str) -> PowerCurve:
+    """The :class:`PowerCurve` of the :class:`PowerResult` at each size."""
     table = pd.DataFrame({"size": sizes, "power": [r.power for r in results],
                           "se": [r.se for r in results], "lower": [r.lower for r in results],
                           "upper": [r.upper for r in results],
                           "nobs": [r.nobs for r in results],
                           "n_failed": [r.n_failed for r in results]})
-    return PowerCurve(table=table, along=along, test=results[0].test, alpha=float(alpha),
-                      results=results)
+    return PowerCurve(table=table, along=along, test=results[0].test,
+                      alpha=results[0].alpha, results=results)

@@ -29,7 +29,9 @@ import pandas as pd
 from .structure import bucket, diagonal_mask
 from .frames import as_pandas
 from ._warn import warn_user
-from .batch import fit_responses, fit_spec
+from .batch import chunk_size_for, fit_responses, fit_spec
+from .executors import (check_executor, check_parts, check_pieces, check_replicates,
+                        concat_outputs, run_replicates)
 from .inference.params import sdcor_matrix, sdcor_names
 from .model import LMM
 from .persist import plain_state, save
@@ -37,7 +39,8 @@ from .simparams import SimParams, Simulator, as_key, check_nsim, resolve_params
 from .result import SINGULAR_TOL
 
 __all__ = ["simulate", "simulate_design", "planning_model", "refit_many", "BatchResult",
-           "fitted_params", "model_of"]
+           "fitted_params", "model_of", "check_same_model", "Shifted", "SimFits", "RefitJob",
+           "fit_range"]
 
 
 def model_of(result) -> LMM:
@@ -47,6 +50,20 @@ def model_of(result) -> LMM:
         raise TypeError(f"expected a fitted model (mixedjax.lmer result), got "
                         f"{type(result).__name__}")
     return model
+
+
+def check_same_model(models) -> None:
+    """A ValueError unless the models have the same formula, rows and criterion (the
+    shares of one run, loaded from several files, hold equal copies)."""
+    def describe(m):
+        d = m.design
+        return d.formula.formula, d.n, m.reml, tuple(d.xnames)
+
+    first = describe(models[0])
+    for m in models[1:]:
+        if describe(m) != first or not np.array_equal(m.design.y, models[0].design.y):
+            raise ValueError(f"the pieces come from different models: {first[0]!r} "
+                             f"({first[1]} rows) and {describe(m)[0]!r} ({m.design.n} rows)")
 
 
 def fitted_params(result) -> SimParams:
@@ -162,25 +179,114 @@ class _Rows:
         return out
 
 
+class Shifted:
+    """Responses ``rows(idx + first)``: positions in a piece of replicates mapped to
+    replicate numbers."""
+
+    def __init__(self, rows, first: int):
+        self.rows, self.first = rows, int(first)
+
+    def __call__(self, idx):
+        return self.rows(np.asarray(idx, np.int64) + self.first)
+
+
+def fit_range(model: LMM, theta0, rows, lo: int, hi: int, nsim: int, chunk_size, max_iter,
+               progress, desc) -> dict:
+    """The fits of replicates lo..hi-1 (responses ``rows(i)`` for replicate i) with the
+    lane count of a run of ``nsim`` replicates: the compiled kernel, hence every
+    number, is the same whatever piece of the run a replicate is fitted in."""
+    spec = fit_spec(model, theta0)
+    lanes = chunk_size_for(spec, nsim, chunk_size)
+    return fit_responses(spec, Shifted(rows, lo), hi - lo, chunk_size=lanes,
+                         max_iter=max_iter, progress=progress, desc=desc)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefitJob:
+    """The refits of :func:`refit_many` as a picklable job
+    (:mod:`mixedjax.executors`): ``Y`` holds the responses of replicates
+    ``first..first+len(Y)-1``; ``nsim`` is the size of the whole run."""
+
+    model: LMM
+    theta0: np.ndarray
+    Y: np.ndarray
+    first: int
+    nsim: int
+    chunk_size: int | None
+    max_iter: int
+    desc: str = "refits"
+
+    def rows(self, n_pad: int):
+        return Shifted(_Rows(self.Y, n_pad), -self.first)
+
+    def piece(self, lo: int, hi: int) -> "RefitJob":
+        """The job of replicates lo..hi-1 only (a worker gets only its rows)."""
+        return dataclasses.replace(self, Y=self.Y[lo - self.first:hi - self.first], first=lo)
+
+    def run(self, lo: int, hi: int, progress=None) -> dict:
+        rows = self.rows(bucket(self.model.design.n))
+        return fit_range(self.model, self.theta0, rows, lo, hi, self.nsim, self.chunk_size,
+                          self.max_iter, progress, self.desc)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimFits:
+    """Fits of one or more models to responses simulated from ``source`` at
+    ``params`` (replicate i from ``fold_in(key, i)``), as a picklable job
+    (:mod:`mixedjax.executors`): the work of :func:`~mixedjax.bootstrap.bootstrap`
+    (one model) and :func:`~mixedjax.bootstrap.pb_test` (two).  ``fits`` holds
+    (model, start theta, progress label) per model; ``run`` returns one dict of
+    fit summaries per model, under "0", "1", ..."""
+
+    source: LMM
+    params: SimParams
+    key: object
+    fits: tuple
+    nsim: int
+    chunk_size: int | None
+    max_iter: int
+    desc: str = "fits"
+
+    def simulator(self) -> Simulator:
+        d = self.source.design
+        return Simulator(d, self.source.structure, self.params, self.key, bucket(d.n))
+
+    def piece(self, lo: int, hi: int) -> "SimFits":
+        return self
+
+    def run(self, lo: int, hi: int, progress=None) -> dict:
+        sim = self.simulator()
+        return {str(j): fit_range(model, theta0, sim, lo, hi, self.nsim, self.chunk_size,
+                                   self.max_iter, progress, desc)
+                for j, (model, theta0, desc) in enumerate(self.fits)}
+
+
 def refit_many(result, Y, chunk_size: int | None = None, max_iter: int = 100,
-               progress: bool | None = None, theta0=None) -> "BatchResult":
+               progress: bool | None = None, theta0=None, executor=None, replicates=None,
+               pieces: int | None = None) -> "BatchResult":
     """Fit the design of ``result`` to every row of ``Y`` (nsim x n).
 
     All fits run in one compiled, vmapped kernel (chunks of ``chunk_size`` lanes,
-    sharded over every JAX device), each starting at the fitted theta as lme4's
-    ``refit`` does (or at ``theta0``), for at most ``max_iter`` Newton iterations.
-    ``progress``: a tqdm progress bar (default: from 20,000 responses on).
+    sharded over the process's local JAX devices), each starting at the fitted
+    theta as lme4's ``refit`` does (or at ``theta0``), for at most ``max_iter``
+    Newton iterations.  ``progress``: a tqdm progress bar (default: from 20,000
+    responses on).  ``replicates=range(lo, hi)`` fits only rows lo..hi-1 (an array
+    job's share; :meth:`BatchResult.concat` joins the shares); ``executor`` (any
+    :class:`concurrent.futures.Executor`) fits ``pieces`` ranges of rows in its
+    workers (see :mod:`mixedjax.executors`).  The numbers are the same either way.
     """
     model = model_of(result)
     Y = _check_Y(Y, model.design.n)
+    check_executor(executor)
+    pieces = check_pieces(pieces, executor)
+    reps = check_replicates(replicates, Y.shape[0])
     start = result.theta if theta0 is None else np.asarray(theta0, np.float64)
     if start.shape != (model.ntheta,):
         raise ValueError(f"theta0 must have {model.ntheta} entries, got {start.shape}")
-    spec = fit_spec(model, start)
-    rows = _Rows(Y, spec.n_pad)
-    fits = fit_responses(spec, rows, Y.shape[0], chunk_size=chunk_size, max_iter=max_iter,
-                         progress=progress, desc="refits")
-    return BatchResult(model, fits, rows)
+    job = RefitJob(model, start, Y, 0, Y.shape[0], chunk_size, max_iter)
+    fits = run_replicates(job.piece(reps.start, reps.stop), reps, executor, pieces, progress)
+    return BatchResult(model, fits, _Rows(Y[reps.start:reps.stop], bucket(model.design.n)),
+                       first=reps.start)
 
 
 class BatchResult:
@@ -193,13 +299,17 @@ class BatchResult:
     ``converged``, ``singular`` (lme4's ``isSingular``, tolerance 1e-4) and
     ``iterations``.  ``result(i)`` (or ``batch[i]``) is replicate i as a full
     :class:`~mixedjax.result.LMMResult`.  Replicates that did not converge keep their
-    values here but are flagged, and :meth:`summary` leaves them out.
+    values here but are flagged, and :meth:`summary` leaves them out.  ``first``:
+    the number of the first replicate (not 0 for a share of a run fitted with
+    ``replicates=range(first, ...)``); the tables are indexed by replicate number,
+    and ``batch[i]`` is replicate number i.
     """
 
-    def __init__(self, model: LMM, fits: dict, rows):
+    def __init__(self, model: LMM, fits: dict, rows, first: int = 0):
         self.model = model
         self._fits = fits
         self._rows = rows
+        self.first = int(first)
         self.theta = fits["theta"]
         self.sigma = fits["sigma"]
         self.objective = fits["objective"]
@@ -217,7 +327,22 @@ class BatchResult:
         return plain_state(self)
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"first": 0, **state})
+
+    @property
+    def replicate_range(self) -> range:
+        """The replicate numbers of the fits."""
+        return range(self.first, self.first + len(self))
+
+    @classmethod
+    def concat(cls, parts) -> "BatchResult":
+        """The batches of disjoint shares of one run (``replicates=`` ranges) joined
+        in replicate order: the batch of the whole run when the shares cover it."""
+        parts = check_parts(parts, cls, lambda p: p.replicate_range)
+        check_same_model([p.model for p in parts])
+        return cls(parts[0].model, concat_outputs([p._fits for p in parts]),
+                   _Joined([p._rows for p in parts], [len(p) for p in parts]),
+                   first=parts[0].first)
 
     def save(self, path) -> None:
         """Write the batch to the file ``path`` (with a format version);
@@ -232,24 +357,29 @@ class BatchResult:
     @functools.cached_property
     def fixef(self) -> pd.DataFrame:
         d = self.model.design
-        return pd.DataFrame(self._fits["beta"][:, :d.p], columns=list(d.xnames))
+        return pd.DataFrame(self._fits["beta"][:, :d.p], columns=list(d.xnames),
+                            index=self.replicate_range)
 
     @functools.cached_property
     def stderr(self) -> pd.DataFrame:
         d = self.model.design
-        return pd.DataFrame(self._fits["stderr"][:, :d.p], columns=list(d.xnames))
+        return pd.DataFrame(self._fits["stderr"][:, :d.p], columns=list(d.xnames),
+                            index=self.replicate_range)
 
     @functools.cached_property
     def sdcor(self) -> pd.DataFrame:
         values = sdcor_matrix(self.theta, self.sigma, self.model.structure)
-        return pd.DataFrame(values, columns=sdcor_names(self.model.design.terms))
+        return pd.DataFrame(values, columns=sdcor_names(self.model.design.terms),
+                            index=self.replicate_range)
 
     def _index(self, i) -> int:
+        """The position of replicate number ``i`` (negative: counted from the end)."""
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"replicate index must be an integer, got {type(i).__name__}")
-        j = int(i) + len(self) if i < 0 else int(i)
+        j = int(i) + len(self) if i < 0 else int(i) - self.first
         if not 0 <= j < len(self):
-            raise IndexError(f"replicate {i} out of range for {len(self)} replicates")
+            raise IndexError(f"replicate {i} out of range for replicates "
+                             f"{self.first}..{self.first + len(self) - 1}")
         return j
 
     def response(self, i: int) -> np.ndarray:
@@ -261,7 +391,7 @@ class BatchResult:
         """Replicate ``i`` as a full :class:`~mixedjax.result.LMMResult`: the design
         refitted to its response, starting at the batch's estimate."""
         j = self._index(i)
-        y = self.response(j)
+        y = self._rows(np.array([j]))[0, :self.model.design.n]
         d = self.model.design
         frame = d.frame
         if frame is not None and d.response_name in frame.columns:
@@ -284,3 +414,23 @@ class BatchResult:
                 f"({'REML' if self.model.reml else 'ML'}); {self.n_failed} did not converge "
                 f"(left out of the summary), {int(self.singular.sum())} singular")
         return head + "\n" + self.summary().to_string()
+
+
+class _Joined:
+    """The responses of joined batches: position j goes to the part that holds it."""
+
+    def __init__(self, parts, sizes):
+        self.parts = parts
+        self.starts = np.cumsum([0] + list(sizes))
+
+    def __call__(self, idx):
+        idx = np.asarray(idx, np.int64)
+        which = np.searchsorted(self.starts, idx, side="right") - 1
+        out = None
+        for k in np.unique(which):
+            sel = which == k
+            rows = self.parts[k](idx[sel] - self.starts[k])
+            if out is None:
+                out = np.empty((len(idx), rows.shape[1]))
+            out[sel] = rows
+        return out

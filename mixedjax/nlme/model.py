@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..design import (check_columns, independent_columns, r_model_matrix, response_vector,
-                      term_model_matrix)
+from ..design import (EVAL_ENV, check_columns, independent_columns, r_model_matrix,
+                      response_vector, term_model_matrix)
+from ..persist import EncodingSpec, describe_info, rebuild_info
 from ..frames import as_pandas
 from ..formula import FormulaError, formula_variables, parse_formula
 from .corstruct import NO_CORRELATION, BoundCor, CorStruct
@@ -43,6 +44,14 @@ class Term:
     @property
     def k(self) -> int:
         return self.Z.shape[1]
+
+    # patsy refuses to pickle its design infos: they travel as plain descriptions
+    # (mixedjax.persist) and are rebuilt on loading.
+    def __getstate__(self):
+        return _described(self.__dict__, "design_info")
+
+    def __setstate__(self, state):
+        self.__dict__.update(_rebuilt(state, "design_info"))
 
 
 @dataclass
@@ -90,6 +99,30 @@ class NlmeModel:
     def with_covariate(self, values: np.ndarray) -> Arrays:
         """Arrays with the variance covariate replaced (VarPower on fitted values)."""
         return self.arrays._replace(vcov=jnp.asarray(self.packing.pad(values, 1.0)))
+
+    # The model pickles (to a file, to a worker process) with the encoding of X as a
+    # plain description, as each Term does with its own.
+    def __getstate__(self):
+        return _described(self.__dict__, "x_design_info")
+
+    def __setstate__(self, state):
+        self.__dict__.update(_rebuilt(state, "x_design_info"))
+
+
+def _described(state: dict, name: str) -> dict:
+    """``state`` with the patsy design info under ``name`` as an EncodingSpec."""
+    out = dict(state)
+    if out.get(name) is not None and not isinstance(out[name], EncodingSpec):
+        out[name] = describe_info(out[name])
+    return out
+
+
+def _rebuilt(state: dict, name: str) -> dict:
+    """The inverse of :func:`_described`."""
+    out = dict(state)
+    if isinstance(out.get(name), EncodingSpec):
+        out[name] = rebuild_info(out[name], EVAL_ENV)
+    return out
 
 
 def _check_method(method) -> str:

@@ -11,7 +11,6 @@ sections 2.2-2.4 and 5.1-5.4.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -24,8 +23,8 @@ from ..optim import STATUS
 from ..frames import as_pandas
 from . import likelihood as lik
 from .dfrule import containment_df
-from ..design import EVAL_ENV, newdata_matrix
-from ..persist import describe_info, plain_state, rebuild_info, save
+from ..design import newdata_matrix
+from ..persist import plain_state, save
 from .grouping import label
 from .model import free_indices
 
@@ -296,29 +295,18 @@ class _NlmeResult:
         return self.summary().text(brief=True)
 
     # -- pickling -------------------------------------------------------------------------
-    # The model's patsy encodings pickle as plain descriptions (mixedjax.persist);
-    # cached values are recomputed after loading.
+    # The model pickles itself (patsy's encodings as plain descriptions, see
+    # NlmeModel); cached values are recomputed after loading.
     def __getstate__(self):
-        state = plain_state(self)
-        state["model"] = _model_with(self.model, describe_info)
-        return state
+        return plain_state(self)
 
     def __setstate__(self, state):
-        state = dict(state)
-        state["model"] = _model_with(state["model"], lambda spec: rebuild_info(spec, EVAL_ENV))
         self.__dict__.update(state)
 
     def save(self, path) -> None:
         """Write the fit to the file ``path`` (with a format version);
         :func:`mixedjax.load` reads it back."""
         save(self, path)
-
-
-def _model_with(model, convert):
-    """A copy of an nlme model whose design infos (of X and of each random term)
-    went through ``convert``: :func:`~mixedjax.persist.describe_info` or its inverse."""
-    terms = [dataclasses.replace(t, design_info=convert(t.design_info)) for t in model.terms]
-    return dataclasses.replace(model, terms=terms, x_design_info=convert(model.x_design_info))
 
 
 class LmeResult(_NlmeResult):
