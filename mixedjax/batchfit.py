@@ -27,7 +27,8 @@ class FitSummary(NamedTuple):
     """What a batched fit keeps of each replicate (fixed shapes).
 
     ``theta``: rectified (lme4's sign convention); ``theta_raw``: the optimizer's
-    point (a restart from it continues the same iteration); ``beta``/``stderr``:
+    point (a restart from it continues the same iteration; theta itself for a
+    design searched in centred columns, :func:`mixedjax.structure.to_centred`); ``beta``/``stderr``:
     fixed effects and their standard errors; ``sigma``, ``objective``;
     ``converged``, ``iterations``, ``status`` as in :class:`mixedjax.optim.OptResult`.
     """
@@ -58,7 +59,10 @@ def fit_one(theta0, A: Blocks, reml, max_iter, scale=1.0) -> FitSummary:
     be traced)."""
     out = fit_arrays(theta0, A, reml, max_iter, final=False, scale=scale)
     sigma, se = summary_at(out.solution, A, reml)
-    return FitSummary(theta=out.theta, theta_raw=out.opt.x, beta=out.solution.beta, stderr=se,
+    # A restart maps its start to the search's coordinates (fit_arrays), so a
+    # design searched in centred columns restarts from theta itself.
+    raw = out.theta if A.structure.basis else out.opt.x
+    return FitSummary(theta=out.theta, theta_raw=raw, beta=out.solution.beta, stderr=se,
                       sigma=sigma, objective=out.objective, converged=out.opt.converged,
                       iterations=out.opt.iterations, status=out.opt.status)
 

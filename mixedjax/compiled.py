@@ -16,7 +16,7 @@ from .backend import jax_backend
 from .criterion import from_factor, objective
 from .crossprod import Blocks
 from .fitting import FitOutput
-from .structure import rectify_theta
+from .structure import from_centred, rectify_theta, to_centred
 
 __all__ = ["fit_arrays", "value_grad_hess", "newton", "solve", "fit_jit", "objective_jit"]
 
@@ -62,22 +62,26 @@ def fit_arrays(theta0, A: Blocks, reml=True, max_iter=200, optimizer: str = "new
     """
     drv = optim.traced(batched_eigh=True)
     scale = jnp.asarray(scale, jnp.float64)
-    t0 = jnp.asarray(theta0, jnp.float64) / scale
+    s = A.structure
+    # A structure with a column basis is searched in the centred coordinates
+    # (structure.to_centred), as the eager driver does.
+    A_search = A.replace_structure(s.plain())
+    t0 = to_centred(jnp.asarray(theta0, jnp.float64), s, jnp) / scale
 
     def scaled(t, A, reml):
         return objective(t * scale, A, reml)
 
     if optimizer == "bfgs":
         def evaluate(t):
-            f, g = jax.value_and_grad(scaled)(t, A, reml)
+            f, g = jax.value_and_grad(scaled)(t, A_search, reml)
             return f, g, None
-        s = optim.minimize(evaluate, t0, drv, "bfgs", max_iter=max_iter, gtol=gtol)
-        hess = optim.fd_hessian(lambda t: jax.grad(scaled)(t, A, reml), s.x, s.g, jnp)
-        opt = optim.record(s, hess, gtol, drv, final=final)
+        st = optim.minimize(evaluate, t0, drv, "bfgs", max_iter=max_iter, gtol=gtol)
+        hess = optim.fd_hessian(lambda t: jax.grad(scaled)(t, A_search, reml), st.x, st.g, jnp)
+        opt = optim.record(st, hess, gtol, drv, final=final)
     else:
-        opt = newton(scaled, t0, A, reml, max_iter=max_iter, gtol=gtol, final=final)
+        opt = newton(scaled, t0, A_search, reml, max_iter=max_iter, gtol=gtol, final=final)
     opt = opt._replace(x=opt.x * scale, grad=opt.grad / scale, hess=opt.hess / scale ** 2)
-    theta = rectify_theta(opt.x, A.structure, jnp)
+    theta = from_centred(opt.x, s, jnp) if s.basis else rectify_theta(opt.x, s, jnp)
     be = jax_backend()
     F = factor.factorize(theta, A, be)
     sol = factor.solve(F, A, be)

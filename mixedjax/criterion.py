@@ -44,7 +44,7 @@ from . import factor as fac
 from . import routing
 from .backend import NUMPY
 from .crossprod import Blocks, register_pytrees
-from .structure import Structure, tril_indices
+from .structure import Structure, basis_matrices, tril_indices
 
 __all__ = ["Weights", "weights", "dof", "value", "from_factor", "gradient", "objective", "weighted_logdet",
            "parts", "condvar", "curvature_guess", "EagerModel"]
@@ -221,15 +221,18 @@ def gradient(theta, A: Blocks, F: fac.Factor, w: Weights, be, ops, data: bool = 
     # For k0 = 1, term_a = w0 P_a lambda d_a - lambda P_a^2 Q_a (1 - lambda^2 P_a d_a = P_a).
     term = w.w0 * PLd - PLQ + PLQ @ lam0 @ PLd
     tot = xp.sum(term, axis=0)
+    # d/dLambda_e of each term (k x k), then d/dlambda = S^-T d/dLambda_e for a term
+    # in a column basis (Lambda_e = S^-1 lambda, structure.factor_lambdas).
+    dlam = {0: 2.0 * xp.swapaxes(tot, 0, 1)}
+    for t, blk in _later_terms(A, F, G, w, be).items():
+        dlam[t] = 2.0 * blk
     grads = {}
-    r, c = tril_indices(s.k[0])
-    grads[0] = 2.0 * tot[c, r]
+    for t, sm in enumerate(basis_matrices(s) if s.basis else [None] * len(s.k)):
+        d = dlam[t] if sm is None else xp.asarray(sm[1].T) @ dlam[t]
+        r, c = tril_indices(s.k[t])
+        grads[t] = d[r, c]
     if inner:
         grads[0] = grads[0] - 2.0 * lam0[0, 0] * ops.weighted_inner(F.P[:, 0, 0] ** 2, Gt.Gmm[0], A)
-    blocks = _later_terms(A, F, G, w, be)
-    for t, blk in blocks.items():
-        r, c = tril_indices(s.k[t])
-        grads[t] = 2.0 * blk[r, c]
     g = xp.concatenate([grads[t] for t in range(len(s.k))])
     if not data:
         return g, None
@@ -297,9 +300,9 @@ def curvature_guess(theta, A: Blocks, placement) -> np.ndarray:
     n_a sigma_b^2 / sigma^2.  Each term is treated as if alone, with n_a the
     level's diagonal of Z'Z; an off-diagonal entry (r, c) takes 4 sum_a rho_ar rho_ac.
     """
-    from .structure import lambdas, per_term
+    from .structure import factor_lambdas, per_term
     s = A.structure
-    lams = lambdas(np.asarray(theta, np.float64), s)
+    lams = factor_lambdas(np.asarray(theta, np.float64), s)
     counts = per_term(np.diagonal(A.d0, 0, -2, -1), np.diagonal(A.amm, 0, -2, -1),
                       np.diagonal(A.abb), s, placement)
     out = []

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .levels import unique_ints
-from .structure import Placement, Structure
+from .structure import Placement, Structure, basis_matrices
 
 __all__ = ["Blocks", "ResponseMap", "Rows", "build", "row_layout", "basis", "design_blocks",
            "response_map", "response_parts", "with_response", "to_device", "register_pytrees",
@@ -68,6 +68,12 @@ class Blocks:
         arrays = {f: getattr(self, f) for f in self.fields}
         arrays.update(changes)
         return Blocks(self.structure, **arrays)
+
+    def replace_structure(self, structure: Structure) -> "Blocks":
+        """The same arrays under another structure of the same shape (e.g. without
+        its column basis, :meth:`mixedjax.structure.Structure.plain`)."""
+        return self if structure is self.structure else Blocks(
+            structure, **{f: getattr(self, f) for f in self.fields})
 
     def numpy(self) -> "Blocks":
         return Blocks(self.structure, **{f: np.asarray(getattr(self, f)) for f in self.fields})
@@ -140,17 +146,22 @@ class Rows(NamedTuple):
 def row_layout(terms, s: Structure, place: Placement):
     """(:class:`Rows`, coupling entries (ent_a, ent_pos)) of a design."""
     n = len(terms[0].codes)
+    # Each term's columns in the factor's basis (structure.centring_basis).
+    zs = [np.asarray(t.Z, np.float64) for t in terms]
+    for t, sm in enumerate(basis_matrices(s)):
+        if sm is not None:
+            zs[t] = zs[t] @ sm[0]
     mid_pos, mid_z = [], []
     for t, start, _, k in s.middle_segments:
         term = terms[t]
         base = place.cluster[t][term.codes] * s.s + start + place.slot[t][term.codes] * k
         mid_pos.append(base[:, None] + np.arange(k))
-        mid_z.append(term.Z)
+        mid_z.append(zs[t])
     bor_pos, bor_z = [], []
     for t, start, _, k in s.border_segments:
         term = terms[t]
         bor_pos.append(start + term.codes[:, None] * k + np.arange(k))
-        bor_z.append(term.Z)
+        bor_z.append(zs[t])
 
     def join(parts, dtype):
         return np.concatenate(parts, axis=1).astype(dtype) if parts else np.zeros((n, 0), dtype)
@@ -160,7 +171,7 @@ def row_layout(terms, s: Structure, place: Placement):
     width = max(s.n_cl * s.s, 1)
     key = codes0[:, None] * width + mid_pos                            # (n, K)
     uniq, inv = unique_ints(key, return_inverse=True)
-    rows = Rows(codes0=codes0, z0=np.asarray(terms[0].Z, np.float64), mid_pos=mid_pos,
+    rows = Rows(codes0=codes0, z0=zs[0], mid_pos=mid_pos,
                 mid_z=join(mid_z, np.float64), bor_pos=join(bor_pos, np.int64),
                 bor_z=join(bor_z, np.float64), ent_idx=inv.reshape(key.shape).astype(np.int64))
     return rows, uniq // width, uniq % width

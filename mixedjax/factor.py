@@ -45,7 +45,7 @@ import numpy as np
 
 from . import routing
 from .crossprod import Blocks
-from .structure import Structure, lambdas
+from .structure import Structure, factor_lambdas
 
 __all__ = ["Factor", "Inverse", "factorize", "log_diagonals", "inverse", "scale_cols",
            "scale_rows", "tilde", "solve", "Solution", "back_vcov", "row_norms",
@@ -171,7 +171,7 @@ def factorize(theta, A: Blocks, be, ops=None) -> Factor:
     xp = be.xp
     s = A.structure
     ops = ops or default_ops(be)
-    lams = tuple(lambdas(theta, s, xp))
+    lams = tuple(factor_lambdas(theta, s, xp))
     F0 = _first_term(lams[0], A.d0, be)
     Tmm, Tbm, Tbb = _schur(F0, A, be, ops)
     bseg = s.border_segments

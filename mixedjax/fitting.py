@@ -16,7 +16,7 @@ import numpy as np
 
 from . import factor, optim
 from .criterion import EagerModel, curvature_guess
-from .structure import diagonal_mask, rectify_theta
+from .structure import diagonal_mask, from_centred, rectify_theta, to_centred
 from ._warn import warn_user
 from .threads import blas_threads
 
@@ -94,18 +94,22 @@ def fit_eager(em: EagerModel, theta0, placement, max_iter: int = 200,
     1 + |x|; in theta / scale the search is the same for every c.
     """
     s = em.structure
+    # A structure with a column basis is searched in the centred coordinates
+    # (structure.to_centred); the record (x, gradient, Hessian) stays in them.
+    search = em if not s.basis else EagerModel(em.A.replace_structure(s.plain()), em.reml)
 
     def value_grad(t):
-        f, g = em.value_grad(t * scale)
+        f, g = search.value_grad(t * scale)
         return f, g * scale
 
     with blas_threads(s):
+        x0 = to_centred(np.asarray(theta0, np.float64), s)
         opt = optim.minimize_bfgs_eager(
-            value_grad, np.asarray(theta0, np.float64) / scale, log_mask=diagonal_mask(s),
-            max_iter=max_iter, hess0=lambda t: curvature_guess(t * scale, em.A, placement))
+            value_grad, x0 / scale, log_mask=diagonal_mask(s),
+            max_iter=max_iter, hess0=lambda t: curvature_guess(t * scale, search.A, placement))
         if scale != 1.0:
             opt = opt._replace(x=opt.x * scale, grad=opt.grad / scale,
                                hess=opt.hess / scale ** 2)
-        theta = rectify_theta(opt.x, s)
+        theta = from_centred(opt.x, s) if s.basis else rectify_theta(opt.x, s)
         obj, sol = em.solve(theta)
     return FitOutput(opt=opt, theta=theta, objective=np.asarray(obj), solution=sol)

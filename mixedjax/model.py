@@ -33,7 +33,7 @@ from .fitting import (ConvergenceWarning, FitOutput, OPTIMIZERS, check_response,
                       choose_optimizer, fit_eager)
 from .persist import plain_state
 from .start import moment_start, theta_scale
-from .structure import Structure, analyze, initial_theta, tril_indices
+from .structure import Structure, analyze, centring_basis, from_centred, initial_theta, tril_indices
 
 __all__ = ["LMM", "lmer", "ConvergenceWarning", "FitOutput", "choose_optimizer",
            "OPTIMIZERS"]
@@ -52,7 +52,7 @@ class LMM:
     def __init__(self, design: Design, reml: bool = True, data_name: str | None = None):
         self.design = design
         self.reml = bool(reml)
-        s, self.placement = analyze(design.terms, design.p)
+        s, self.placement = analyze(design.terms, design.p, centring_basis(design.terms))
         self.blocks, self._rmap, self.rows = crossprod.build(
             design.terms, design.X, design.y, s, self.placement, design.weights, design.offset)
         self.data_name = data_name
@@ -186,14 +186,18 @@ class LMM:
     def start_theta(self) -> np.ndarray:
         """Where :meth:`fit` starts by default: a moment estimate when every term is
         scalar and the rows are at hand (:func:`mixedjax.start.moment_start`), else
-        :meth:`initial_theta` (relative to the weights' :func:`~mixedjax.start.theta_scale`)."""
+        :meth:`initial_theta` (relative to the weights' :func:`~mixedjax.start.theta_scale`)
+        in the factor's columns (:func:`mixedjax.structure.centring_basis`)."""
         R = self._rmap
         theta = None
         if R is not None:
             _, r = crossprod.project(R.q, (self.design.y - R.offset) * R.sqrtw)
             theta = moment_start(self.design.terms, R.q, r, R.sqrtw)
         if theta is None:
-            return self.initial_theta() * theta_scale(self.design.weights)
+            # lme4's start in the factor's columns: for a term in a centred basis
+            # (structure.centring_basis) identity there, not in the raw columns.
+            start = self.initial_theta() * theta_scale(self.design.weights)
+            return from_centred(start, self.structure)
         return theta
 
     # -- fitting -------------------------------------------------------------------

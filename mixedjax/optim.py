@@ -133,7 +133,7 @@ def direction(g, H, max_step, drv: Driver, inverse: bool = False):
         step = xp.where(saddle, v * xp.minimum(max_step, 1.0), step)
         decrement = xp.sum(gv * gv / mod)
     norm = xp.linalg.norm(step)
-    step = xp.where(norm > max_step, step * (max_step / xp.maximum(norm, 1e-300)), step)
+    step = step * (max_step / xp.maximum(norm, max_step))
     return step, decrement, saddle
 
 

@@ -62,6 +62,10 @@ class LMMResult:
             "theta_raw": np.asarray(opt.x),
             "seconds": elapsed,
         }
+        if s.basis:
+            # The search ran in centred columns (structure.centring_basis): the
+            # gradient, Hessian and theta_raw above are in those coordinates.
+            self.optinfo["coordinates"] = "centred random-effects columns"
         # Relative covariance factors and spherical random effects, per term.
         self._lambdas = lambdas(self.theta, s)
         self._u = per_term(np.asarray(sol.u0), None if sol.u_mid is None else np.asarray(sol.u_mid),

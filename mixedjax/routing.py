@@ -4,7 +4,7 @@ definition is computed.  Tests may lower a threshold (``monkeypatch.setattr``) t
 run the other route on small data."""
 
 __all__ = ["UNROLL", "LOOP_LIMIT", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SPARSE_OPERATOR", "SCALAR_SHORTCUT", "THREADED_WORK",
-           "SMALL_WORK", "STEP_ITER"]
+           "SMALL_WORK", "STEP_ITER", "CENTRE_RATIO"]
 
 # backend: factor blocks of up to this many columns by unrolled elementwise code
 # (batched over levels) rather than a LAPACK call per block.
@@ -46,3 +46,7 @@ SMALL_WORK = 1e6
 # batch: Newton iterations per compiled kernel call of a batched refit, between which
 # finished lanes are refilled with new replicates.
 STEP_ITER = 4
+
+# structure.centring_basis: a vector-valued term's column is centred (in the factor's
+# basis, not in the model) when its mean exceeds this many standard deviations.
+CENTRE_RATIO = 10.0

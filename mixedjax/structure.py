@@ -36,6 +36,7 @@ the cost; theta, ranef and varcorr keep lme4's term order.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ from . import routing
 from .levels import unique_ints
 
 __all__ = ["Structure", "Placement", "tril_indices", "initial_theta", "lower_bounds",
-           "rectify_theta", "lambdas", "diagonal_mask", "analyze", "bucket"]
+           "rectify_theta", "lambdas", "factor_lambdas", "diagonal_mask", "analyze", "bucket",
+           "centring_basis", "lower_factor", "to_centred", "from_centred", "basis_matrices"]
 
 
 # ----------------------------------------------------------------------------------
@@ -81,6 +83,9 @@ class Structure:
     border; ``slots``: level slots of each middle term in a cluster; ``n_cl``:
     clusters.  ``dense_coupling``: the first term's coupling to the middle is kept
     as a dense matrix instead of pair lists (too many pairs, one cluster).
+    ``basis``: empty, or per term None or the (k, k) matrix S (as nested tuples)
+    whose columns the factor uses instead of the term's own: Z S, with the
+    relative covariance factor S^-1 lambda (:func:`centring_basis`).
     """
 
     k: tuple[int, ...]
@@ -91,6 +96,12 @@ class Structure:
     slots: tuple[int, ...] = ()
     n_cl: int = 0
     dense_coupling: bool = False
+    basis: tuple = ()
+
+    def plain(self) -> "Structure":
+        """This structure without :attr:`basis` (the factor's lambda is then
+        lower triangular in the centred columns: the optimizer's coordinates)."""
+        return dataclasses.replace(self, basis=()) if self.basis else self
 
     @property
     def ntheta(self) -> int:
@@ -179,6 +190,117 @@ def lambdas(theta, structure: Structure, xp=np) -> list:
         vals = xp.concatenate([block, zero], axis=-1)
         out.append(vals[..., _tril_positions(k)])     # index -1: the appended zero
     return out
+
+
+def basis_matrices(structure: Structure) -> list:
+    """(S, S^-1) of each term with a basis (None for the others), NumPy."""
+    out = []
+    for t in range(len(structure.k)):
+        S = structure.basis[t] if structure.basis else None
+        if S is None:
+            out.append(None)
+        else:
+            S = np.asarray(S, np.float64)
+            out.append((S, np.linalg.inv(S)))
+    return out
+
+
+def factor_lambdas(theta, structure: Structure, xp=np) -> list:
+    """Each term's relative covariance factor in the factor's columns: lambda, or
+    S^-1 lambda for a term whose columns are Z S (``structure.basis``): then
+    (Z S)(S^-1 lambda) = Z lambda, so the model and the spherical random effects u
+    are the same, while the cross-products of Z S keep their digits."""
+    lams = lambdas(theta, structure, xp)
+    if not structure.basis:
+        return lams
+    for t, sm in enumerate(basis_matrices(structure)):
+        if sm is not None:
+            lams[t] = xp.asarray(sm[1]) @ lams[t]
+    return lams
+
+
+def lower_factor(A, xp=np):
+    """A lower-triangular L = A Q (Q orthogonal) with L L' = A A' and a
+    non-negative diagonal, for square A (..., k, k): Givens rotations of A's
+    columns (Golub & Van Loan, "Matrix Computations", 4th ed., sec. 5.1.8), exact
+    for singular A and free of LAPACK, so it runs under ``jax.vmap``."""
+    k = A.shape[-1]
+    cols = [A[..., :, j] for j in range(k)]
+    for i in range(k):
+        for j in range(i + 1, k):
+            a, b = cols[i][..., i], cols[j][..., i]
+            r = xp.hypot(a, b)
+            nz = r > 0
+            safe = xp.where(nz, r, 1.0)
+            c = xp.where(nz, a / safe, 1.0)[..., None]
+            s = xp.where(nz, b / safe, 0.0)[..., None]
+            cols[i], cols[j] = c * cols[i] + s * cols[j], c * cols[j] - s * cols[i]
+    L = xp.stack(cols, axis=-1)
+    signs = xp.where(xp.diagonal(L, 0, -2, -1) < 0, -1.0, 1.0)
+    return xp.tril(L * signs[..., None, :])
+
+
+def _map_blocks(theta, structure: Structure, which: int, xp):
+    parts = []
+    lams = lambdas(theta, structure, xp)
+    for k, sl, lam, sm in zip(structure.k, structure.theta_slices, lams,
+                              basis_matrices(structure)):
+        if sm is None:
+            parts.append(theta[..., sl])
+            continue
+        rows, cols = tril_indices(k)
+        parts.append(lower_factor(xp.asarray(sm[which]) @ lam, xp)[..., rows, cols])
+    return xp.concatenate(parts, axis=-1)
+
+
+def to_centred(theta, structure: Structure, xp=np):
+    """theta -> the optimizer's coordinates phi: lambda(phi) = lower_factor(S^-1
+    lambda(theta)), the same covariance in the columns Z S; terms without a
+    basis keep their entries."""
+    return _map_blocks(theta, structure, 1, xp) if structure.basis else theta
+
+
+def from_centred(phi, structure: Structure, xp=np):
+    """The inverse of :func:`to_centred`, rectified: lambda(theta) =
+    lower_factor(S lambda(phi))."""
+    if not structure.basis:
+        return phi
+    return rectify_theta(_map_blocks(phi, structure, 0, xp), structure, xp)
+
+
+def centring_basis(terms, ratio: float | None = None) -> tuple:
+    """The column basis S of each vector-valued term whose non-constant columns sit
+    far from zero (``structure.basis``; () when no term needs one).
+
+    A term (1 + x | g) with x near 1e4 and a spread of 1 has an intercept variance
+    extrapolated 1e4 spreads away and a correlation of -1 to round-off: its
+    cross-products and its theta both lose eight digits.  The unstructured
+    covariance of a term is the same model in any basis of its columns, so the
+    factor works with Z S, where S subtracts from each column x with |mean| >
+    ``ratio`` sd (default :data:`mixedjax.routing.CENTRE_RATIO`) its mean times the
+    constant column, and the optimizer searches in the centred covariance factor
+    (:func:`to_centred`); theta stays lme4's.
+    """
+    ratio = routing.CENTRE_RATIO if ratio is None else ratio
+    out, any_basis = [], False
+    for t in terms:
+        Z = np.asarray(t.Z, np.float64)
+        k = Z.shape[1]
+        S = None
+        if k > 1 and len(Z):
+            const = [j for j in range(k) if Z[0, j] != 0 and np.all(Z[:, j] == Z[0, j])]
+            if const:
+                j0 = const[0]
+                mean, sd = Z.mean(axis=0), Z.std(axis=0)
+                shift = [j for j in range(k)
+                         if j not in const and abs(mean[j]) > ratio * sd[j]]
+                if shift:
+                    S = np.eye(k)
+                    S[j0, shift] = -mean[shift] / Z[0, j0]
+                    S = tuple(map(tuple, S.tolist()))
+                    any_basis = True
+        out.append(S)
+    return tuple(out) if any_basis else ()
 
 
 @functools.lru_cache(maxsize=None)
@@ -347,11 +469,12 @@ def choose_blocks(codes: list[np.ndarray], ks: list[int], ms: list[int], p: int,
     return best[1:]
 
 
-def analyze(terms, p: int) -> tuple[Structure, Placement]:
+def analyze(terms, p: int, basis: tuple = ()) -> tuple[Structure, Placement]:
     """The :class:`Structure` and :class:`Placement` of a design.
 
     ``terms``: sequence with ``codes`` (n,), ``Z`` (n, k) and ``nlevels``, in
-    lme4's order; ``p`` the number of fixed effects.
+    lme4's order; ``p`` the number of fixed effects; ``basis``: the terms' column
+    bases (:func:`centring_basis`), kept in the structure.
     """
     ks = [t.Z.shape[1] for t in terms]
     ms = [int(t.nlevels) for t in terms]
@@ -363,7 +486,7 @@ def analyze(terms, p: int) -> tuple[Structure, Placement]:
         cluster[t] = comp
         slot[t] = sl
     structure = Structure(k=tuple(ks), m=tuple(ms), p=p, middle=mid, border=border,
-                          slots=slots, n_cl=n_cl, dense_coupling=dense)
+                          slots=slots, n_cl=n_cl, dense_coupling=dense, basis=tuple(basis))
     return structure, Placement(tuple(cluster), tuple(slot))
 
 

@@ -26,7 +26,7 @@ def _data(seed=0, n=240):
     u = rng.normal(size=8)[a] + 0.5 * rng.normal(size=(8, 3))[a, b] + 0.4 * rng.normal(size=6)[h]
     y = 2.0 + x + u + (0.3 + 0.2 * rng.normal(size=6)[h]) * x + rng.normal(size=n)
     return pd.DataFrame({"a": a.astype(str), "b": b.astype(str), "c": c.astype(str),
-                         "h": h.astype(str), "x": x, "y": y,
+                         "h": h.astype(str), "x": x, "y": y, "xs": x + 30.0,
                          "w": rng.uniform(0.5, 2.0, n), "off": rng.normal(size=n)})
 
 
@@ -42,13 +42,17 @@ FAMILIES = {
     "uncorrelated": ("y ~ x + (x || a) + (1 | h)", {}),
     "weights_offset": ("y ~ x + (1 + x | a) + (1 | h)", {"weights": "w", "offset": "off"}),
     "no_fixed": ("y ~ 0 + (1 | a) + (1 | h)", {}),
+    # a slope far from zero: the factor works in centred columns (structure.centring_basis)
+    "centred_first": ("y ~ x + (1 + xs | a) + (1 | h)", {}),
+    "centred_later": ("y ~ x + (1 | a) + (1 + xs | h)", {}),
 }
 
 
 def _model(name, reml=True, stable=True):
     formula, kw = FAMILIES[name]
     d = make_design(formula, _data(), **kw)
-    s, place = structure.analyze(d.terms, d.p)
+    s, place = structure.analyze(d.terms, d.p, structure.centring_basis(d.terms))
+    assert bool(s.basis) == name.startswith("centred")
     A, _, _ = crossprod.build(d.terms, d.X, d.y, s, place, d.weights, d.offset, stable)
     return d, A, place
 
@@ -56,7 +60,10 @@ def _model(name, reml=True, stable=True):
 def _theta(s, seed=1):
     rng = np.random.default_rng(seed)
     diag = structure.diagonal_mask(s)
-    return np.where(diag, rng.uniform(0.3, 1.4, s.ntheta), rng.uniform(-0.4, 0.4, s.ntheta))
+    theta = np.where(diag, rng.uniform(0.3, 1.4, s.ntheta), rng.uniform(-0.4, 0.4, s.ntheta))
+    # a design in a centred basis is evaluated where its fits land: covariances of
+    # moderate size in the centred columns
+    return structure.from_centred(theta, s)
 
 
 class Dense:
