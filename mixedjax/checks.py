@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["check_effects"]
+import numpy as np
+
+__all__ = ["check_effects", "check_flag"]
 
 
 def check_effects(effects, allowed: tuple[str, ...], fit: str = "") -> list[str]:
@@ -22,3 +24,14 @@ def check_effects(effects, allowed: tuple[str, ...], fit: str = "") -> list[str]
     if not effects:
         raise ValueError(f"effects is empty; use any of {list(allowed)}")
     return [e for e in allowed if e in effects]
+
+
+def check_flag(value, name: str) -> bool:
+    """``value`` as a bool when it is one (Python's or NumPy's, or the integers 0
+    and 1); a TypeError naming the argument otherwise, so that ``reml="no"`` is not
+    read as true (lme4: "argument is not interpretable as logical")."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")

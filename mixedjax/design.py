@@ -13,6 +13,7 @@ other processes.
 from __future__ import annotations
 
 import keyword
+import numbers
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -193,6 +194,27 @@ def check_columns(data: pd.DataFrame, names) -> None:
                             "numbers (take .real, .imag or abs() explicitly)")
 
 
+def numbers_as_numeric(data: pd.DataFrame, names) -> pd.DataFrame:
+    """``data`` with each of the columns ``names`` that has object dtype but holds
+    only real numbers (and missing values) converted to a numeric dtype, as R reads
+    such a column; object columns holding strings or a mix stay factors.  A column
+    holding complex numbers is a TypeError."""
+    convert = {}
+    for name in dict.fromkeys(names):
+        col = data[name]
+        if col.dtype != object:
+            continue
+        vals = col.dropna()
+        if len(vals) and all(isinstance(v, numbers.Complex) and not isinstance(v, numbers.Real)
+                             for v in vals):
+            raise TypeError(f"column {name!r} has complex values; the model needs real "
+                            "numbers (take .real, .imag or abs() explicitly)")
+        if len(vals) and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                             for v in vals):
+            convert[name] = pd.to_numeric(col)
+    return data.assign(**convert) if convert else data
+
+
 def _check_finite_matrix(mat: np.ndarray, names, what: str, index) -> None:
     """A named error for non-finite values made by the formula's transformations
     (an overflow in ``I(x^2)``, ``log(0)``): lme4 refuses them as well."""
@@ -332,6 +354,10 @@ def independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     the norms and projections are the same, and only one LAPACK call sees n.
     """
     n, p = X.shape
+    # The test is relative to each column's norm, so scaling columns changes no
+    # decision; scaled to max |x| = 1 no norm over- or underflows (x ~ 1e200).
+    scale = np.max(np.abs(X), axis=0) if n else np.ones(p)
+    X = X / np.where(scale > 0, scale, 1.0)
     if n > p:
         X = np.linalg.qr(X, mode="r")
     keep = np.zeros(p, dtype=bool)
@@ -404,6 +430,7 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
                          "(1 | g); use an ordinary linear model for fixed effects only")
     used = _check_columns(data, parsed)
     check_columns(data, used)
+    data = numbers_as_numeric(data, used)
     w_all, w_name = _row_values(data, weights, "weights")
     off_all, off_name = _row_values(data, offset, "offset")
     sub = data[used]

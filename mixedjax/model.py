@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import crossprod, factor
+from .checks import check_flag
 from .frames import as_pandas
 from ._warn import warn_user
 from .backend import NUMPY
@@ -51,7 +52,7 @@ class LMM:
 
     def __init__(self, design: Design, reml: bool = True, data_name: str | None = None):
         self.design = design
-        self.reml = bool(reml)
+        self.reml = check_flag(reml, "reml")
         s, self.placement = analyze(design.terms, design.p, centring_basis(design.terms))
         self.blocks, self._rmap, self.rows = crossprod.build(
             design.terms, design.X, design.y, s, self.placement, design.weights, design.offset)
@@ -80,7 +81,7 @@ class LMM:
             raise ValueError(f"blocks have terms of {list(blocks.structure.m)} levels but the "
                              f"design's have {[t.nlevels for t in design.terms]}")
         model = cls.__new__(cls)
-        model.design, model.reml = design, bool(reml)
+        model.design, model.reml = design, check_flag(reml, "reml")
         model.placement, model.blocks = placement, blocks
         model._rmap, model.rows, model.data_name = response_map, rows, data_name
         return model
@@ -94,6 +95,7 @@ class LMM:
         sigma^2 / w_i); ``offset``: a known term added to the linear predictor.  Each
         is a column name of ``data`` or an array with one value per row.
         """
+        check_flag(reml, "reml")
         data = as_pandas(data, "data")
         design = make_design(formula, data, weights=weights, offset=offset)
         name = data.attrs.get("name")
@@ -256,10 +258,17 @@ class LMM:
         elapsed = time.perf_counter() - t0
         result = LMMResult(self, out, theta0=theta0, elapsed=elapsed, optimizer=optimizer)
         if not result.converged:
+            big = float(np.max(np.abs(result.theta))) / scale if result.theta.size else 0.0
+            # theta is a random-effect sd over sigma: past 1e6 the random effects fit
+            # the response to round-off (e.g. y constant within groups), the criterion
+            # falls without bound as sigma -> 0, and the solve has lost its digits.
+            hint = ("; the random effects fit the response almost exactly (sigma is "
+                    f"{1 / big:.1e} of a random-effect sd): sigma is not identified and "
+                    "the estimates are round-off" if big > 1e6 else "")
             warn_user(
                 f"the optimizer did not converge ({result.optinfo['message']}); "
                 f"gradient max |g| = {result.optinfo['grad_max']:.2e} after "
-                f"{result.optinfo['iterations']} iterations", ConvergenceWarning)
+                f"{result.optinfo['iterations']} iterations{hint}", ConvergenceWarning)
         return result
 
     def _optimize(self, theta0, max_iter: int, optimizer: str, scale: float) -> FitOutput:

@@ -12,7 +12,8 @@ The rules (Nocedal & Wright, "Numerical Optimization", 2nd ed.):
   holds (at most 40 halvings), with a round-off allowance (:func:`armijo_test`).
 * **stopping** (status): 0 the decrement g' H^-1 g is below ``dtol`` (or the
   gradient is exactly zero), 1 the accepted step is below ``xtol`` (1 + |x|),
-  2 the line search cannot decrease f further, 3 the iteration limit.
+  2 the line search cannot decrease f further, 3 the iteration limit; 4 (reported)
+  status 0 whose point fails the convergence test below.
 * **convergence** (reported): the decrement with the final Hessian is below
   ``gtol`` and that Hessian has no clearly negative eigenvalue.  A run stopped at
   the limit that passes this test reports status 0, never "converged" with
@@ -39,8 +40,11 @@ __all__ = ["OptResult", "Driver", "EAGER", "traced", "minimize", "direction",
 
 STATUS = {0: "gradient test met", 1: "step below tolerance",
           2: "line search cannot decrease the objective further (round-off level)",
-          3: "iteration limit reached"}
+          3: "iteration limit reached",
+          4: "stopped where the convergence test fails (the final Hessian is not positive "
+             "definite or the gradient test is not met with it)"}
 MAX_HALVINGS = 40
+MAX_ESCAPES = 3     # steps off a saddle in one eager BFGS run
 
 
 class OptResult(NamedTuple):
@@ -277,7 +281,9 @@ def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton"
 
 def final_status(status, converged, xp=np):
     """Past the convergence test, a stop on a tiny step, at round-off or at the
-    iteration limit is reported as the test met (status 0)."""
+    iteration limit is reported as the test met (status 0); a stop on the loop's
+    own test that fails the convergence test is status 4."""
+    status = xp.where(~converged & (status == 0), 4, status)
     return xp.where(converged & (status >= 1) & (status <= 3), 0, status)
 
 
@@ -384,33 +390,75 @@ def minimize_bfgs_eager(value_grad: Callable, x0, log_mask=None, hess0=None,
     nfev += n
     if it >= max_iter and not direction(g, H, np.inf, EAGER)[1] <= 1e-3 * gtol:
         status = 3
-    elif np.all(np.isfinite(g)):
-        # Newton steps with the difference Hessian, updated by BFGS, to round-off:
-        # the first step alone takes the gradient down by the difference Hessian's
-        # relative error (~1e-5).  After one or two short steps the curvature has not
-        # changed beyond that error, so the difference Hessian stays the record.
-        known = [x.copy(), f, g]
-
-        def evaluate_x(xx):
-            # The search starts where the last one ended: its (f, g) are known.
-            if known and np.array_equal(xx, known[0]):
-                _, fk, gk = known
-                known.clear()
-                return fk, gk, None
-            known.clear()
-            return (*value_grad(xx), None)
-
-        s = minimize(evaluate_x, x, EAGER, "bfgs", hess0=_modified_inverse(H),
-                     max_iter=max(max_iter - it, 1), gtol=gtol, dtol=0.0)
-        x, f, g = s.x, float(s.f), s.g
-        it, nfev, status = it + int(s.it), nfev + int(s.nfev) - 1, int(s.status)
-        if int(s.it) > 2:
+    else:
+        for escape in range(MAX_ESCAPES + 1):
+            if not np.all(np.isfinite(g)):
+                break
+            x, f, g, H, k, m, status = _finish_bfgs(value_grad, grad, x, f, g, H,
+                                                    max(max_iter - it, 1), gtol)
+            it, nfev = it + k, nfev + m
+            conv, emin = final_test(g, H, gtol, EAGER)
+            if conv or escape == MAX_ESCAPES or it >= max_iter:
+                break
+            # A stationary point with negative curvature (theta = 0 of a variance
+            # whose optimum is positive: the gradient vanishes there by symmetry):
+            # BFGS cannot leave it by itself; step down along that curvature.
+            left = _leave_saddle(value_grad, x, f, H)
+            if left is None:
+                break
+            x, f, g, m = left
+            nfev += m
             H = fd_hessian(grad, x, g)
             nfev += n
     s = _State(x=x, f=np.asarray(f), g=g, H=H, step=None, slope=None, alpha=None, trial=None,
                first=None, scale=None, it=np.asarray(it), nls=None, nfev=np.asarray(nfev),
                status=np.asarray(status))
     return record(s, H, gtol, EAGER)
+
+
+def _finish_bfgs(value_grad, grad, x, f, g, H, max_iter, gtol):
+    """BFGS in x from the modified inverse of the difference Hessian ``H`` at x,
+    to round-off; returns (x, f, g, H, iterations, evaluations, status)."""
+    # Newton steps with the difference Hessian, updated by BFGS, to round-off:
+    # the first step alone takes the gradient down by the difference Hessian's
+    # relative error (~1e-5).  After one or two short steps the curvature has not
+    # changed beyond that error, so the difference Hessian stays the record.
+    known = [x.copy(), f, g]
+
+    def evaluate_x(xx):
+        # The search starts where the last one ended: its (f, g) are known.
+        if known and np.array_equal(xx, known[0]):
+            _, fk, gk = known
+            known.clear()
+            return fk, gk, None
+        known.clear()
+        return (*value_grad(xx), None)
+
+    s = minimize(evaluate_x, x, EAGER, "bfgs", hess0=_modified_inverse(H),
+                 max_iter=max_iter, gtol=gtol, dtol=0.0)
+    nfev = int(s.nfev) - 1
+    if int(s.it) > 2:
+        H = fd_hessian(grad, s.x, s.g)
+        nfev += x.size
+    return s.x, float(s.f), s.g, H, int(s.it), nfev, int(s.status)
+
+
+def _leave_saddle(value_grad, x, f, H):
+    """A point below f along H's most negative eigenvector from x: steps of
+    1 + |x| halved until f decreases (Nocedal & Wright, section 3.4's directions
+    of negative curvature); (x, f, g, evaluations), or None when none is found."""
+    evals, evecs = safe_eigh(H)
+    if not (np.all(np.isfinite(evals)) and evals[0] < 0):
+        return None
+    v = evecs[:, 0]
+    t = 1.0 + float(np.max(np.abs(x)))
+    for k in range(1, MAX_HALVINGS + 1):
+        for cand in (x + t * v, x - t * v):
+            fc, gc = value_grad(cand)
+            if np.isfinite(fc) and fc < f:
+                return cand, float(fc), gc, 2 * k
+        t *= 0.5
+    return None
 
 
 def _modified_inverse(H):

@@ -279,3 +279,67 @@ def test_batched_refit_leaves_a_local_minimum(name, start):
     single = [mixedjax.lmer(f, d.assign(y=y), reml=False).objective for y in Y]
     assert batch.converged.all()
     np.testing.assert_allclose(batch.objective, single, rtol=1e-8)
+
+
+# ----------------------------------------------------------------------------------
+# Found by benchmarks/probes.py
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("factor", [1e200, 1e-200, 1e300, 1e-300])
+def test_covariate_on_an_extreme_scale_is_kept(dfile, factor):
+    """x * 1e200 is not aliased: the rank test is relative to each column's norm,
+    which once overflowed (1e-200: underflowed) and dropped the column."""
+    base = mixedjax.lmer("y ~ x + (1|g)", dfile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = mixedjax.lmer("y ~ x + (1|g)", dfile.assign(x=dfile.x * factor))
+    assert list(m.fixef.index) == ["(Intercept)", "x"]
+    assert m.converged
+    np.testing.assert_allclose(m.theta, base.theta, rtol=1e-6)
+    assert m.fixef["x"] * factor == pytest.approx(base.fixef["x"], rel=1e-8)
+    assert m.fixef["(Intercept)"] == pytest.approx(base.fixef["(Intercept)"], rel=1e-8)
+    # REML's log|X'V^-1 X| moves by 2 log(factor); the deviance does not move.
+    assert m.objective == pytest.approx(base.objective + 2 * np.log(factor), rel=1e-9)
+
+
+@pytest.mark.parametrize("reml", ["no", "yes", 2, None])
+def test_reml_must_be_a_flag(sleep, reml):
+    with pytest.raises(TypeError, match="reml must be True or False"):
+        mixedjax.lmer("Reaction ~ Days + (1|Subject)", sleep, reml=reml)
+
+
+def test_numbers_in_an_object_column_are_numeric(dfile):
+    """An object column of numbers is a covariate, as R reads it, not a factor with
+    one level per value; an object column of complex numbers is a TypeError."""
+    base = mixedjax.lmer("y ~ x + (1|g)", dfile)
+    obj = dfile.assign(x=dfile.x.astype(object))
+    obj.loc[obj.index[3], "x"] = None
+    m = mixedjax.lmer("y ~ x + (1|g)", obj)
+    assert list(m.fixef.index) == ["(Intercept)", "x"] and m.nobs == len(dfile) - 1
+    assert m.n_dropped == 1
+    assert m.objective != pytest.approx(base.objective)   # one row fewer, same model
+    full = mixedjax.lmer("y ~ x + (1|g)", dfile.assign(x=dfile.x.astype(object)))
+    assert full.objective == pytest.approx(base.objective, rel=1e-12)
+    with pytest.raises(TypeError, match="column 'x' has complex values"):
+        mixedjax.lmer("y ~ x + (1|g)", dfile.assign(x=dfile.x.astype(complex).astype(object)))
+
+
+@pytest.mark.parametrize("optimizer", ["bfgs", "newton"])
+@pytest.mark.parametrize("formula,k,optimum", [
+    ("Reaction ~ Days + (1|Subject)", 1, 1786.4650854),
+    ("Reaction ~ Days + (Days|Subject)", 3, 1743.6282720)])
+def test_start_at_zero_leaves_the_saddle(sleep, optimizer, formula, k, optimum):
+    """theta = 0 is a stationary point (the criterion is even in each variance's
+    factor); lme4 from start = 0 reaches the optimum, and so must both methods."""
+    m, caught = _quiet_fit(formula, sleep, theta0=[0.0] * k, optimizer=optimizer)
+    assert m.converged and not caught
+    assert m.objective == pytest.approx(optimum, abs=1e-6)
+
+
+def test_response_constant_within_groups_is_flagged(sleep):
+    """y constant within each subject: the random intercepts fit it exactly, the
+    criterion falls without bound as sigma -> 0 (lme4 stops at theta 3e4).  The fit
+    must not pass as converged and must say why its numbers are round-off."""
+    y = sleep.groupby("Subject", observed=True).Reaction.transform("mean")
+    with pytest.warns(mixedjax.ConvergenceWarning, match="random effects fit the response"):
+        m = mixedjax.lmer("Reaction ~ 1 + (1|Subject)", sleep.assign(Reaction=y))
+    assert not m.converged
