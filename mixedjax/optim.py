@@ -137,7 +137,8 @@ def direction(g, H, max_step, drv: Driver, inverse: bool = False):
         step = xp.where(saddle, v * xp.minimum(max_step, 1.0), step)
         decrement = xp.sum(gv * gv / mod)
     norm = xp.linalg.norm(step)
-    step = step * (max_step / xp.maximum(norm, max_step))
+    # The ratio's numerator is at most its denominator: no overflow, none for inf.
+    step = step * (xp.minimum(norm, max_step) / xp.maximum(norm, 1e-300))
     return step, decrement, saddle
 
 
