@@ -170,11 +170,13 @@ def _alloc(nsim: int, spec: FitSpec) -> dict[str, np.ndarray]:
 
 def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim: int,
                   chunk_size: int | None = None, max_iter: int = 100,
-                  progress: bool | None = None, desc: str = "fits") -> dict[str, np.ndarray]:
+                  progress: bool | None = None, desc: str = "fits",
+                  starts: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Fit ``spec``'s design to responses ``rows(idx)`` for idx in 0..nsim-1.
 
     ``rows(idx)`` returns the responses of replicates ``idx`` as an array
-    (len(idx), n_pad).  Returns one array per :class:`~mixedjax.batchfit.FitSummary`
+    (len(idx), n_pad).  ``starts`` (nsim, ntheta): a start per replicate in place
+    of ``spec.theta0``.  Returns one array per :class:`~mixedjax.batchfit.FitSummary`
     field with a leading axis of length ``nsim`` (beta/stderr padded to the
     structure's p).
     """
@@ -198,7 +200,7 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
     next_rep = 0
     finished = 0
     while finished < nsim:
-        lanes, next_rep = _refill(lanes, next_rep, nsim, rows, theta0)
+        lanes, next_rep = _refill(lanes, next_rep, nsim, rows, theta0, starts)
         live = lanes.rep >= 0
         cap = np.maximum(np.minimum(routing.STEP_ITER, max_iter - lanes.done_iter), 1)
         if warm is not None:
@@ -246,10 +248,15 @@ def _other_starts(spec: FitSpec, rows, out: dict, chunk_size: int, max_iter: int
     idx = np.flatnonzero(suspect)
     if not idx.size:
         return
-    for start in spec.theta_alt:
-        alt = fit_responses(spec._replace(theta0=start, theta_alt=None),
-                            lambda j: rows(idx[np.asarray(j)]), len(idx),
-                            chunk_size=chunk_size, max_iter=max_iter, progress=False)
+    # Every start's refits share the lanes of one pass: a pass costs about its
+    # longest fit whether its lanes are full or not.
+    m = len(idx)
+    starts = np.concatenate([np.tile(np.asarray(t, np.float64), (m, 1)) for t in spec.theta_alt])
+    alts = fit_responses(spec._replace(theta_alt=None), lambda j: rows(idx[np.asarray(j) % m]),
+                         len(starts), chunk_size=chunk_size, max_iter=max_iter,
+                         progress=False, starts=starts)
+    for k in range(len(spec.theta_alt)):
+        alt = {f: v[k * m:(k + 1) * m] for f, v in alts.items()}
         first, second = out["objective"][idx], alt["objective"]
         conv1, conv2 = out["converged"][idx].astype(bool), alt["converged"].astype(bool)
         tol = 1e-9 * np.maximum(np.abs(first), 1.0)
@@ -266,9 +273,10 @@ def _warm_up(*args) -> None:
         pass
 
 
-def _refill(lanes: Lanes, next_rep: int, nsim: int, rows, theta0):
-    """Put the next replicates into empty lanes.  Lanes left empty at the end copy a
-    live lane (response and start), so they never outlast the live lanes."""
+def _refill(lanes: Lanes, next_rep: int, nsim: int, rows, theta0, starts=None):
+    """Put the next replicates into empty lanes, each from ``theta0`` or its row of
+    ``starts``.  Lanes left empty at the end copy a live lane (response and start),
+    so they never outlast the live lanes."""
     empty = np.flatnonzero(lanes.rep < 0)
     take = min(len(empty), nsim - next_rep)
     rep, theta, Y, done = (lanes.rep.copy(), lanes.theta.copy(), lanes.Y, lanes.done_iter.copy())
@@ -278,7 +286,7 @@ def _refill(lanes: Lanes, next_rep: int, nsim: int, rows, theta0):
         Y = Y.copy()
         Y[slots] = rows(new)
         rep[slots] = new
-        theta[slots] = theta0
+        theta[slots] = theta0 if starts is None else starts[new]
         done[slots] = 0
         next_rep += take
     idle = rep < 0
