@@ -127,9 +127,13 @@ class _NumpyBackend(Backend):
         if values.ndim == 1:
             return np.bincount(ids, values, minlength=num)[:num]
         flat = values.reshape(len(values), -1)
-        out = np.empty((num, flat.shape[1]))
-        for j in range(flat.shape[1]):
-            out[:, j] = np.bincount(ids, flat[:, j], minlength=num)[:num]
+        cols = [np.bincount(ids, flat[:, j], minlength=num)[:num] for j in range(flat.shape[1])]
+        # One column (a scalar first term's dense coupling: 22M entries for
+        # MovieLens) is reshaped, not copied into a strided array (0.4 s).
+        if len(cols) == 1:
+            out = cols[0][:, None]
+        else:
+            out = np.stack(cols, axis=1) if cols else np.zeros((num, 0))
         return out.reshape((num,) + values.shape[1:])
 
     def chol(self, A):

@@ -325,6 +325,9 @@ class EagerModel:
         self.A = A.numpy() if not isinstance(A.d0, np.ndarray) else A
         self.reml = bool(reml)
         self.ops = fac.SparsePairOps(self.A, NUMPY)
+        # The factorization of the last value_grad, for a solve at the same theta
+        # (a fit's final solve at its last evaluated point): (theta, Factor).
+        self._last = None
 
     @property
     def structure(self) -> Structure:
@@ -339,8 +342,12 @@ class EagerModel:
         """(criterion, :class:`mixedjax.factor.Solution`) at ``theta`` from one
         factorization; the criterion is inf where M is not positive definite."""
         theta = np.asarray(theta, np.float64)
+        last, self._last = self._last, None
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            F = fac.factorize(theta, self.A, NUMPY, self.ops)
+            if last is not None and np.array_equal(last[0], theta):
+                F = last[1]
+            else:
+                F = fac.factorize(theta, self.A, NUMPY, self.ops)
             f = from_factor(F, self.A, self.reml, NUMPY)
             sol = fac.solve(F, self.A, NUMPY, self.ops)
         return (float(f) if np.isfinite(f) else np.inf), sol
@@ -349,8 +356,10 @@ class EagerModel:
         """(criterion, gradient); (inf, NaN) where M is not positive definite."""
         theta = np.asarray(theta, np.float64)
         A = self.A
+        self._last = None           # freed before the next factor is made, not after
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             F = fac.factorize(theta, A, NUMPY, self.ops)
+            self._last = (theta.copy(), F)
             w = weights(A, self.reml, np)
             f = float(weighted_sum(F, w, NUMPY) + _constant(A, self.reml, np))
             if not np.isfinite(f):

@@ -224,7 +224,8 @@ class _State(NamedTuple):
 
 def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton",
              hess0=None, max_iter=200, gtol: float = 1e-6, dtol: float | None = None,
-             xtol: float = 1e-10, max_step: float = 2.0, stop: Callable | None = None):
+             xtol: float = 1e-10, max_step: float = 2.0, stop: Callable | None = None,
+             step_stop: bool = False):
     """Minimize from ``x0``; returns the final :class:`_State`-like record
     (x, f, g, H, iterations, evaluations, status).
 
@@ -232,7 +233,10 @@ def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton"
     for "bfgs".  ``hess0``: BFGS's starting inverse Hessian (default the identity,
     scaled after the first step).  ``dtol``: the decrement that ends the search
     (status 0), default 1e-3 gtol.  ``stop(x)``, eager only: end the run early
-    after an accepted step (status -2), e.g. to change coordinates.
+    after an accepted step (status -2), e.g. to change coordinates.  ``step_stop``:
+    also end (status 1) once the next step is below ``xtol`` |x| in every coordinate, without
+    evaluating it -- for a search from a good Hessian, whose predicted step is the
+    step it would take.
     """
     xp = drv.xp
     bfgs = method == "bfgs"
@@ -263,6 +267,10 @@ def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton"
         it_n = xp.where(s.first, s.it, s.it + 1)
         small = (~s.first) & (xp.max(xp.abs(s.trial - s.x)) <= xtol * (1.0 + xp.max(xp.abs(s.x))))
         stationary = ((dec <= dtol) & ~saddle) | xp.all(step == 0.0)
+        if step_stop:
+            # Relative to each coordinate, so that one heading for 0 (a singular
+            # fit) is followed there as before.
+            small = small | ((~s.first) & xp.all(xp.abs(step) <= xtol * xp.abs(s.trial)))
         st_acc = xp.where(stationary, 0, xp.where(small, 1, xp.where(it_n >= max_iter, 3, -1)))
         acc = _State(x=s.trial, f=fe, g=ge, H=Hn, step=step, slope=xp.dot(ge, step),
                      alpha=xp.asarray(1.0), trial=s.trial + step, first=xp.asarray(False),
@@ -436,7 +444,7 @@ def _finish_bfgs(value_grad, grad, x, f, g, H, max_iter, gtol):
         return (*value_grad(xx), None)
 
     s = minimize(evaluate_x, x, EAGER, "bfgs", hess0=_modified_inverse(H),
-                 max_iter=max_iter, gtol=gtol, dtol=0.0)
+                 max_iter=max_iter, gtol=gtol, dtol=0.0, step_stop=True)
     nfev = int(s.nfev) - 1
     if int(s.it) > 2:
         H = fd_hessian(grad, s.x, s.g)
