@@ -34,7 +34,8 @@ from .fitting import (ConvergenceWarning, FitOutput, OPTIMIZERS, check_response,
                       choose_optimizer, fit_eager)
 from .persist import plain_state
 from .start import moment_start, theta_scale
-from .structure import Structure, analyze, centring_basis, from_centred, initial_theta, tril_indices
+from .structure import (Structure, analyze, centring_basis, diagonal_mask, from_centred,
+                        initial_theta, tril_indices)
 
 __all__ = ["LMM", "lmer", "ConvergenceWarning", "FitOutput", "choose_optimizer",
            "OPTIMIZERS"]
@@ -220,7 +221,7 @@ class LMM:
         gradient, eagerly in NumPy) or "newton" (Newton with the exact Hessian, one
         compiled JAX call on JAX's default device).
         """
-        from .result import LMMResult
+        from .result import SINGULAR_TOL, LMMResult
 
         optimizer = choose_optimizer(optimizer)
         if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) \
@@ -240,6 +241,7 @@ class LMM:
         if not np.all(np.isfinite(theta0)):
             raise ValueError(f"theta0 must be finite, got {theta0}")
         scale = theta_scale(self.design.weights)
+        lme4_start = from_centred(self.initial_theta() * scale, self.structure)
         t0 = time.perf_counter()
         out = self._optimize(theta0, int(max_iter), optimizer, scale)
         if not np.isfinite(out.opt.fun) and int(out.opt.iterations) == 0:
@@ -248,8 +250,21 @@ class LMM:
                     f"the criterion cannot be evaluated at theta0={theta0} (the factorization "
                     "of Lambda'Z'Z Lambda + I loses all precision there); give a start "
                     "nearer the optimum, or none")
-            theta0 = self.initial_theta() * scale
+            theta0 = lme4_start
             out = self._optimize(theta0, int(max_iter), optimizer, scale)
+        if not given and not np.array_equal(theta0, lme4_start) and (
+                not bool(out.opt.converged) or not np.isfinite(out.objective) or np.any(
+                    np.abs(np.asarray(out.theta)[diagonal_mask(self.structure)])
+                    < SINGULAR_TOL * scale)):
+            # From the moment estimate the search can end at a local minimum with a
+            # variance at 0 (few levels, random slopes); such a fit is checked from
+            # lme4's start, as batched refits are, and the better converged fit kept.
+            alt = self._optimize(lme4_start, int(max_iter), optimizer, scale)
+            f0, f1 = float(out.objective), float(alt.objective)
+            if bool(alt.opt.converged) and np.isfinite(f1) and (
+                    not bool(out.opt.converged) or not np.isfinite(f0)
+                    or f1 < f0 - 1e-9 * max(1.0, abs(f0))):
+                out, theta0 = alt, lme4_start
         if not np.isfinite(out.objective):
             raise ValueError(
                 "the fit failed: the criterion is not finite at the optimizer's last point "

@@ -343,3 +343,27 @@ def test_response_constant_within_groups_is_flagged(sleep):
     with pytest.warns(mixedjax.ConvergenceWarning, match="random effects fit the response"):
         m = mixedjax.lmer("Reaction ~ 1 + (1|Subject)", sleep.assign(Reaction=y))
     assert not m.converged
+
+
+@pytest.mark.parametrize("optimizer", ["bfgs", "newton"])
+def test_singular_fit_from_the_moment_start_is_checked_from_lme4s(optimizer):
+    """A design where the moment start leads to a local minimum with two variances
+    at 0 (28.9117) while lme4's start (theta = 1) lies below it (28.8373) and leads
+    to 26.0966: the fit is checked from lme4's start and keeps the better one
+    (found by the thorough hypothesis profile)."""
+    d = pd.DataFrame({
+        "x": [-2.249148, -0.566925, 1.438216, 0.327970, 0.699823, -0.903404, 0.547263,
+              0.935699, 0.005422, 0.581553, -0.123649, 0.706636],
+        "g0": ["L1", "L3", "L0", "L3", "L0", "L2", "L4", "L4", "L3", "L0", "L4", "L4"],
+        "g1": ["L0", "L1", "L0", "L0", "L1", "L0", "L0", "L1", "L1", "L2", "L1", "L0"],
+        "y": [-0.023273, -0.844960, 1.551456, 1.370822, 0.147562, -0.388446, np.nan,
+              3.321443, 0.299749, 2.773788, 1.030606, np.nan]})
+    formula = "y ~ x + (x || g0) + (1 | g1)"
+    model = mixedjax.LMM.from_formula(formula, d)
+    local, _ = _quiet_fit(formula, d, optimizer=optimizer, theta0=model.start_theta())
+    assert local.objective == pytest.approx(28.9117278, abs=1e-6)
+    m, _ = _quiet_fit(formula, d, optimizer=optimizer)
+    assert m.converged
+    assert m.objective == pytest.approx(26.0966, abs=1e-3)
+    assert m.objective <= model.eager.value(model.initial_theta())
+    np.testing.assert_array_equal(m.optinfo["theta0"], model.initial_theta())
