@@ -48,5 +48,7 @@ SMALL_WORK = 1e6
 STEP_ITER = 4
 
 # structure.centring_basis: a vector-valued term's column is centred (in the factor's
-# basis, not in the model) when its mean exceeds this many standard deviations.
-CENTRE_RATIO = 10.0
+# basis, not in the model) when its mean exceeds this many standard deviations.  At 3
+# (x ~ 5 +- 1 in a slope) the centred search already takes 23-25 evaluations where
+# the raw one took 39-62, and the eager and JAX criteria agree 5x closer.
+CENTRE_RATIO = 3.0
