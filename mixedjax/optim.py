@@ -412,7 +412,7 @@ def minimize_bfgs_eager(value_grad: Callable, x0, log_mask=None, hess0=None,
             # A stationary point with negative curvature (theta = 0 of a variance
             # whose optimum is positive: the gradient vanishes there by symmetry):
             # BFGS cannot leave it by itself; step down along that curvature.
-            left = _leave_saddle(value_grad, x, f, H)
+            left = _leave_saddle(value_grad, x, f, g, H)
             if left is None:
                 break
             x, f, g, m = left
@@ -452,22 +452,28 @@ def _finish_bfgs(value_grad, grad, x, f, g, H, max_iter, gtol):
     return s.x, float(s.f), s.g, H, int(s.it), nfev, int(s.status)
 
 
-def _leave_saddle(value_grad, x, f, H):
-    """A point below f along H's most negative eigenvector from x: steps of
-    1 + |x| halved until f decreases (Nocedal & Wright, section 3.4's directions
-    of negative curvature); (x, f, g, evaluations), or None when none is found."""
-    evals, evecs = safe_eigh(H)
+def _leave_saddle(value_grad, x, f, g, H):
+    """One Newton iteration of :func:`minimize` from x with the difference Hessian
+    ``H``: at a saddle :func:`direction` steps along H's most negative eigenvector,
+    and the loop's line search accepts the point; (x, f, g, evaluations), or None
+    when H has no negative curvature or no step is accepted."""
+    evals = safe_eigh(H)[0]
     if not (np.all(np.isfinite(evals)) and evals[0] < 0):
         return None
-    v = evecs[:, 0]
-    t = 1.0 + float(np.max(np.abs(x)))
-    for k in range(1, MAX_HALVINGS + 1):
-        for cand in (x + t * v, x - t * v):
-            fc, gc = value_grad(cand)
-            if np.isfinite(fc) and fc < f:
-                return cand, float(fc), gc, 2 * k
-        t *= 0.5
-    return None
+    known = [x.copy()]
+
+    def evaluate(xx):
+        # The start's (f, g) are known; H stays the difference Hessian.
+        if known and np.array_equal(xx, known[0]):
+            known.clear()
+            return f, g, H
+        known.clear()
+        return (*value_grad(xx), H)
+
+    s = minimize(evaluate, x, EAGER, "newton", max_iter=1, dtol=0.0)
+    if int(s.it) < 1:
+        return None
+    return s.x, float(s.f), s.g, int(s.nfev) - 1
 
 
 def _modified_inverse(H):
