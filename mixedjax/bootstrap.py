@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .executors import (check_executor, check_parts, check_pieces, check_replicates,
-                        run_replicates)
+                        check_timeout, run_replicates)
 from .inference.confint import check_level, percent_labels
 from .inference.params import parameter_names, sdcor_values
 from .model import LMM
@@ -140,22 +140,24 @@ def _key_data(key) -> np.ndarray:
 
 def bootstrap(result, nsim: int, key=None, chunk_size: int | None = None,
               max_iter: int = 100, progress: bool | None = None, executor=None,
-              replicates=None, pieces: int | None = None) -> BootstrapResult:
+              replicates=None, pieces: int | None = None,
+              timeout: float | None = None) -> BootstrapResult:
     """Parametric bootstrap: ``nsim`` responses simulated from the fit (new random
     effects and residuals), each refitted (REML or ML as the fit), in one batched
     call.  ``key``: a ``jax.random.key`` or int seed (replicate i is
     ``result.simulate(nsim, key)[i]``); see :func:`mixedjax.simulate.refit_many` for
     ``chunk_size``, ``max_iter``, ``progress``, ``executor``, ``replicates`` (a range
-    within 0..nsim-1) and ``pieces``."""
+    within 0..nsim-1), ``pieces`` and ``timeout``."""
     nsim = check_nsim(nsim)
     model = model_of(result)
     check_executor(executor)
     pieces = check_pieces(pieces, executor)
+    timeout = check_timeout(timeout, executor)
     reps = check_replicates(replicates, nsim)
     key = as_key(key)
     job = SimFits(model, fitted_params(result), key, ((model, result.theta, "bootstrap"),),
                   nsim, chunk_size, max_iter, desc="bootstrap")
-    fits = run_replicates(job, reps, executor, pieces, progress)["0"]
+    fits = run_replicates(job, reps, executor, pieces, progress, timeout)["0"]
     batch = BatchResult(model, fits, Shifted(job.simulator(), reps.start), first=reps.start)
     names = parameter_names(result)
     estimate = pd.Series(np.concatenate([sdcor_values(result), result._beta]), index=names)
@@ -244,7 +246,8 @@ def _ml_fit(result):
 
 def pb_test(m0, m1, nsim: int = 1000, key=None, chunk_size: int | None = None,
             max_iter: int = 100, progress: bool | None = None, executor=None,
-            replicates=None, pieces: int | None = None) -> PBTestResult:
+            replicates=None, pieces: int | None = None,
+            timeout: float | None = None) -> PBTestResult:
     """Parametric-bootstrap likelihood-ratio test of nested fits (pbkrtest's
     ``PBmodcomp``).
 
@@ -252,12 +255,13 @@ def pb_test(m0, m1, nsim: int = 1000, key=None, chunk_size: int | None = None,
     one with fewer parameters is the null model).  REML fits are refitted by ML.
     Responses are simulated from the null model's ML fit and both models refitted
     to each by ML; the p-value is (1 + #{LRT* >= LRT}) / (1 + nsim) over the
-    replicates where both fits converged.  ``executor``, ``replicates`` and
-    ``pieces`` as in :func:`bootstrap`.
+    replicates where both fits converged.  ``executor``, ``replicates``,
+    ``pieces`` and ``timeout`` as in :func:`bootstrap`.
     """
     nsim = check_nsim(nsim)
     check_executor(executor)
     pieces = check_pieces(pieces, executor)
+    timeout = check_timeout(timeout, executor)
     reps = check_replicates(replicates, nsim)
     t0 = time.perf_counter()
     model_of(m0), model_of(m1)
@@ -278,7 +282,7 @@ def pb_test(m0, m1, nsim: int = 1000, key=None, chunk_size: int | None = None,
     job = SimFits(f0.model, fitted_params(f0), key,
                   ((f0.model, f0.theta, "null model"), (f1.model, f1.theta, "alternative")),
                   nsim, chunk_size, max_iter, desc="pb_test")
-    fits = run_replicates(job, reps, executor, pieces, progress)
+    fits = run_replicates(job, reps, executor, pieces, progress, timeout)
     fits0, fits1 = fits["0"], fits["1"]
     ok = fits0["converged"] & fits1["converged"]
     stars = np.where(ok, fits0["objective"] - fits1["objective"], np.nan)

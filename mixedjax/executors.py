@@ -23,15 +23,18 @@ it is fitted in.  Three ways to split the replicates use the one ``run``:
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import time
 
 import numpy as np
 
 from .batch import progress_bar
 
-__all__ = ["check_replicates", "check_executor", "check_pieces", "split", "process_replicates",
-           "run_piece", "run_replicates", "concat_outputs", "check_parts"]
+__all__ = ["check_replicates", "check_executor", "check_pieces", "check_timeout", "split",
+           "process_replicates", "local_cpus", "executor_workers", "run_piece", "run_replicates",
+           "concat_outputs", "check_parts"]
 
-DEFAULT_WORKERS = 8     # workers assumed when an executor does not say how many it has
+DEFAULT_WORKERS = 8     # workers assumed when a Dask client cannot say how many it has
 # Replicates per piece at least, when the split is left to us.  Every piece runs
 # with the lane count of the whole run (so that its numbers are bitwise those of
 # the run here), and a run of more than 64 replicates per device has its full
@@ -82,6 +85,21 @@ def check_pieces(pieces, executor) -> int | None:
     return int(pieces)
 
 
+def check_timeout(timeout, executor) -> float | None:
+    """``timeout`` (seconds the pieces sent to ``executor`` may take in all) as a
+    float, or None (no limit); a ValueError for anything but a positive number, or
+    for a timeout without an executor (the run here is not watched)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, (int, float, np.integer,
+                                                                          np.floating)) \
+            or not np.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if executor is None:
+        raise ValueError("timeout limits the pieces sent to an executor; give executor= too")
+    return float(timeout)
+
+
 def split(replicates: range, pieces: int) -> list[range]:
     """``replicates`` cut into ``pieces`` consecutive ranges whose sizes differ by at
     most one (fewer when there are fewer replicates)."""
@@ -101,21 +119,25 @@ def process_replicates(nsim: int) -> range:
     return split(range(nsim), jax.process_count())[jax.process_index()]
 
 
-def _workers(executor) -> int:
-    """How many calls ``executor`` runs at once, where it says so."""
-    # The standard pools keep their size in _max_workers (set from max_workers);
-    # a Dask client's executor reaches the client's thread count.
-    n = getattr(executor, "_max_workers", None)
-    if isinstance(n, int) and n > 0:
-        return n
-    client = getattr(executor, "_client", None)
-    nthreads = getattr(client, "nthreads", None)
-    if callable(nthreads):
+def local_cpus() -> int:
+    """The CPUs this process may use (``os.process_cpu_count()`` where Python has it):
+    the size of a standard process pool made without ``max_workers``."""
+    count = getattr(os, "process_cpu_count", os.cpu_count)
+    return max(1, int(count() or 1))
+
+
+def executor_workers(executor) -> int:
+    """How many calls ``executor`` is taken to run at once when the split is left to
+    :func:`run_replicates`: the thread count of the default Dask client for a
+    ``distributed`` executor, else :func:`local_cpus` (a standard pool does not say
+    its size publicly; pass ``pieces=`` for a pool of another size)."""
+    if type(executor).__module__.split(".")[0] == "distributed":
         try:
-            return max(1, sum(nthreads().values()))
-        except Exception:       # a client that cannot answer now: use the default
-            pass
-    return DEFAULT_WORKERS
+            import distributed
+            return max(1, sum(distributed.default_client().nthreads().values()))
+        except Exception:       # no default client, or one that cannot answer now
+            return DEFAULT_WORKERS
+    return local_cpus()
 
 
 def run_piece(job, lo: int, hi: int) -> dict:
@@ -124,21 +146,24 @@ def run_piece(job, lo: int, hi: int) -> dict:
 
 
 def run_replicates(job, replicates: range, executor=None, pieces: int | None = None,
-                   progress: bool | None = None) -> dict:
+                   progress: bool | None = None, timeout: float | None = None) -> dict:
     """The outputs of ``job`` for ``replicates``, in replicate order.
 
     Without an executor the job runs here, in one call.  With one, the replicates
-    are split into ``pieces`` ranges (default: two per worker of the executor, at
-    least 65 replicates each), each sent as ``run_piece(job.piece(lo, hi), lo, hi)``;
-    the first failure (a worker that died, an exception in a worker) cancels the
-    pieces not yet started and raises a RuntimeError naming the replicates.
+    are split into ``pieces`` ranges (default: two per worker of the executor, see
+    :func:`executor_workers`, at least 65 replicates each), each sent as
+    ``run_piece(job.piece(lo, hi), lo, hi)``.  The first failure (a worker that
+    died, an exception in a worker) or, with ``timeout`` (seconds from the first
+    submission), a run not finished in time cancels the pieces not yet done and
+    raises a RuntimeError naming the replicates.
     """
     if executor is None:
         return job.run(replicates.start, replicates.stop, progress)
     n = len(replicates)
     if pieces is None:
-        pieces = min(2 * _workers(executor), max(1, n // MIN_PIECE))
+        pieces = min(2 * executor_workers(executor), max(1, n // MIN_PIECE))
     ranges = split(replicates, pieces)
+    deadline = None if timeout is None else time.monotonic() + timeout
     futures = []
     try:
         for r in ranges:
@@ -146,10 +171,17 @@ def run_replicates(job, replicates: range, executor=None, pieces: int | None = N
                                            r.start, r.stop))
         bar = progress_bar(n, progress, getattr(job, "desc", "fits"))
         outputs = [None] * len(ranges)
-        for i, fut in _completed(futures):
-            outputs[i] = _result(fut, ranges[i])
-            if bar is not None:
-                bar.update(len(ranges[i]))
+        try:
+            for i, fut in _completed(futures, deadline):
+                outputs[i] = _result(fut, ranges[i])
+                if bar is not None:
+                    bar.update(len(ranges[i]))
+        except (concurrent.futures.TimeoutError, TimeoutError) as err:
+            late = [f"{r.start}..{r.stop - 1}" for r, o in zip(ranges, outputs) if o is None]
+            raise RuntimeError(f"the executor did not return the fits of replicates "
+                               f"{', '.join(late)} within timeout={timeout:g} s; the run is "
+                               "abandoned (a hung or overloaded worker; pieces already "
+                               "running may go on in the workers)") from err
         if bar is not None:
             bar.close()
     except BaseException:
@@ -159,15 +191,28 @@ def run_replicates(job, replicates: range, executor=None, pieces: int | None = N
     return concat_outputs(outputs)
 
 
-def _completed(futures):
+def _completed(futures, deadline: float | None):
     """(index, future) as the futures finish; in submission order for futures that
-    are not :class:`concurrent.futures.Future` (``as_completed`` needs those)."""
+    are not :class:`concurrent.futures.Future` (``as_completed`` needs those).  A
+    :class:`concurrent.futures.TimeoutError` once ``deadline`` (``time.monotonic``)
+    has passed."""
+    def left():
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
     if all(isinstance(f, concurrent.futures.Future) for f in futures):
         index = {id(f): i for i, f in enumerate(futures)}
-        for fut in concurrent.futures.as_completed(futures):
+        for fut in concurrent.futures.as_completed(futures, timeout=left()):
             yield index[id(fut)], fut
     else:
-        yield from enumerate(futures)
+        for i, fut in enumerate(futures):
+            if deadline is not None:
+                try:
+                    fut.exception(timeout=left())
+                except (concurrent.futures.TimeoutError, TimeoutError):
+                    raise
+                except Exception:    # a failed or cancelled piece: _result reports it
+                    pass
+            yield i, fut
 
 
 def _result(fut, r: range) -> dict:

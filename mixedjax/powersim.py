@@ -37,7 +37,7 @@ from .frames import as_pandas, is_data_frame
 from .crossprod import with_response
 from .batch import chunk_size_for, fit_responses, fit_spec
 from .executors import (check_executor, check_parts, check_pieces, check_replicates,
-                        run_replicates)
+                        check_timeout, run_replicates)
 from .model import LMM
 from .simparams import SimParams, Simulator, as_key, check_nsim, resolve_params
 from .simulate import Shifted, planning_model
@@ -305,7 +305,8 @@ def power(design: pd.DataFrame, formula: str, params: dict, test: str | None = N
           nsim: int = 1000, key=None, alpha: float = 0.05, level: float = 0.95,
           reml: bool = True, weights=None, offset=None, chunk_size: int | None = None,
           max_iter: int = 100, progress: bool | None = None, executor=None,
-          replicates=None, pieces: int | None = None) -> PowerResult:
+          replicates=None, pieces: int | None = None,
+          timeout: float | None = None) -> PowerResult:
     """Power of ``test`` for the study ``design`` under the true ``params``.
 
     ``design``: a DataFrame with the covariates and grouping columns of the planned
@@ -314,13 +315,15 @@ def power(design: pd.DataFrame, formula: str, params: dict, test: str | None = N
     see :mod:`mixedjax.simparams`); ``test``: see the module docstring.  ``reml``
     applies to the t, F and Wald tests (LRTs use ML fits).  ``executor``,
     ``replicates`` (a range within 0..nsim-1) and ``pieces`` split the replicates
-    over processes (:mod:`mixedjax.executors`); replicate i is the same either way.
+    over processes (:mod:`mixedjax.executors`; ``timeout``: seconds the executor's
+    pieces may take in all); replicate i is the same either way.
     """
     nsim = check_nsim(nsim)
     check_level(alpha, "alpha")
     check_level(level, "level")
     check_executor(executor)
     pieces = check_pieces(pieces, executor)
+    timeout = check_timeout(timeout, executor)
     reps = check_replicates(replicates, nsim)
     kw = {"weights": weights, "offset": offset}
     design = as_pandas(design, "design")
@@ -329,7 +332,7 @@ def power(design: pd.DataFrame, formula: str, params: dict, test: str | None = N
     model = probe if t.kind != "lrt" else planning_model(formula, design, reml=False, **kw)
     p = resolve_params(model.design, model.structure, params, None)
     job = PowerJob(model, t, p, as_key(key), nsim, chunk_size, max_iter)
-    out = run_replicates(job, reps, executor, pieces, progress)
+    out = run_replicates(job, reps, executor, pieces, progress, timeout)
     return power_result(t.label, out["pvalues"], out["converged"].astype(bool), alpha, level,
                         model.design.n, reps.start)
 
@@ -423,7 +426,7 @@ def power_curve(design, formula: str, params: dict, along: str = "n_groups", val
     groups, ``"n_per_group"`` recycles each group's rows; ``group`` names the
     grouping column when the formula has several) or a function ``size -> DataFrame``.
     ``values``: the sizes.  Other arguments as :func:`power` (``executor``,
-    ``replicates`` and ``pieces`` included); size j uses the key
+    ``replicates``, ``pieces`` and ``timeout`` included); size j uses the key
     ``fold_in(key, j)``.
     """
     if along not in ("n_groups", "n_per_group"):

@@ -31,7 +31,7 @@ from .frames import as_pandas
 from ._warn import warn_user
 from .batch import chunk_size_for, fit_responses, fit_spec
 from .executors import (check_executor, check_parts, check_pieces, check_replicates,
-                        concat_outputs, run_replicates)
+                        check_timeout, concat_outputs, run_replicates)
 from .inference.params import sdcor_matrix, sdcor_names
 from .model import LMM
 from .persist import plain_state, save
@@ -263,7 +263,7 @@ class SimFits:
 
 def refit_many(result, Y, chunk_size: int | None = None, max_iter: int = 100,
                progress: bool | None = None, theta0=None, executor=None, replicates=None,
-               pieces: int | None = None) -> "BatchResult":
+               pieces: int | None = None, timeout: float | None = None) -> "BatchResult":
     """Fit the design of ``result`` to every row of ``Y`` (nsim x n).
 
     All fits run in one compiled, vmapped kernel (chunks of ``chunk_size`` lanes,
@@ -273,18 +273,21 @@ def refit_many(result, Y, chunk_size: int | None = None, max_iter: int = 100,
     responses on).  ``replicates=range(lo, hi)`` fits only rows lo..hi-1 (an array
     job's share; :meth:`BatchResult.concat` joins the shares); ``executor`` (any
     :class:`concurrent.futures.Executor`) fits ``pieces`` ranges of rows in its
-    workers (see :mod:`mixedjax.executors`).  The numbers are the same either way.
+    workers (see :mod:`mixedjax.executors`), and a run not back within ``timeout``
+    seconds is abandoned with a RuntimeError.  The numbers are the same either way.
     """
     model = model_of(result)
     Y = _check_Y(Y, model.design.n)
     check_executor(executor)
     pieces = check_pieces(pieces, executor)
+    timeout = check_timeout(timeout, executor)
     reps = check_replicates(replicates, Y.shape[0])
     start = result.theta if theta0 is None else np.asarray(theta0, np.float64)
     if start.shape != (model.ntheta,):
         raise ValueError(f"theta0 must have {model.ntheta} entries, got {start.shape}")
     job = RefitJob(model, start, Y, 0, Y.shape[0], chunk_size, max_iter)
-    fits = run_replicates(job.piece(reps.start, reps.stop), reps, executor, pieces, progress)
+    fits = run_replicates(job.piece(reps.start, reps.stop), reps, executor, pieces, progress,
+                          timeout)
     return BatchResult(model, fits, _Rows(Y[reps.start:reps.stop], bucket(model.design.n)),
                        first=reps.start)
 

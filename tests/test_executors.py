@@ -214,9 +214,11 @@ class _RangeJob:
         return {"rep": np.arange(lo, hi), "piece": np.full(hi - lo, lo)}
 
 
-def test_default_split_two_pieces_per_worker_of_65_replicates_or_more():
+def test_default_split_two_pieces_per_worker_of_65_replicates_or_more(monkeypatch):
+    from mixedjax import executors
     from mixedjax.executors import run_replicates
 
+    monkeypatch.setattr(executors, "local_cpus", lambda: 2)
     with concurrent.futures.ThreadPoolExecutor(2) as p:
         for reps, npieces in [(range(0, 300), 4), (range(0, 129), 1), (range(10, 140), 2),
                               (range(0, 5000), 4)]:
@@ -225,6 +227,85 @@ def test_default_split_two_pieces_per_worker_of_65_replicates_or_more():
             assert len(np.unique(out["piece"])) == npieces
         out = run_replicates(_RangeJob(), range(0, 10), p, pieces=10)
         assert len(np.unique(out["piece"])) == 10
+
+
+def test_workers_of_a_standard_pool_are_this_machines_cpus():
+    from mixedjax.executors import executor_workers, local_cpus
+
+    assert local_cpus() >= 1
+    with concurrent.futures.ThreadPoolExecutor(1) as p:
+        assert executor_workers(p) == local_cpus()
+
+
+class _SlowJob:
+    """Piece 0 returns at once, the others sleep (a hung worker)."""
+
+    def piece(self, lo, hi):
+        return self
+
+    def run(self, lo, hi, progress):
+        if lo > 0:
+            time.sleep(5)
+        return {"rep": np.arange(lo, hi)}
+
+
+def test_a_run_not_back_within_its_timeout_names_the_late_replicates():
+    from mixedjax.executors import run_replicates
+
+    with concurrent.futures.ThreadPoolExecutor(3) as p:
+        t0 = time.perf_counter()
+        with pytest.raises(RuntimeError, match=r"did not return the fits of replicates "
+                                               r"4\.\.7, 8\.\.11 within timeout=0\.3 s"):
+            run_replicates(_SlowJob(), range(0, 12), p, pieces=3, timeout=0.3)
+        assert time.perf_counter() - t0 < 4.5     # the late pieces sleep 5 s
+        out = run_replicates(_SlowJob(), range(0, 4), p, pieces=1, timeout=60)
+        np.testing.assert_array_equal(out["rep"], np.arange(4))
+
+
+class _Deferred:
+    """A future that is not a concurrent.futures.Future (as some executors return)."""
+
+    def __init__(self, fut):
+        self.fut = fut
+
+    def result(self, timeout=None):
+        return self.fut.result(timeout)
+
+    def exception(self, timeout=None):
+        return self.fut.exception(timeout)
+
+    def cancel(self):
+        return self.fut.cancel()
+
+
+class _ForeignPool:
+    def __init__(self, pool):
+        self.pool = pool
+
+    def submit(self, fn, *args):
+        return _Deferred(self.pool.submit(fn, *args))
+
+
+def test_timeout_applies_to_futures_of_other_kinds():
+    from mixedjax.executors import run_replicates
+
+    with concurrent.futures.ThreadPoolExecutor(2) as p:
+        with pytest.raises(RuntimeError, match=r"replicates 6\.\.11 within timeout"):
+            run_replicates(_SlowJob(), range(0, 12), _ForeignPool(p), pieces=2, timeout=0.3)
+
+
+@pytest.mark.parametrize("timeout, executor, message", [
+    (0, True, "timeout must be a positive number"),
+    (-1.0, True, "timeout must be a positive number"),
+    (float("nan"), True, "timeout must be a positive number"),
+    ("10", True, "timeout must be a positive number"),
+    (True, True, "timeout must be a positive number"),
+    (10, False, "timeout limits the pieces sent to an executor"),
+])
+def test_bad_timeout_is_refused(fit, timeout, executor, message):
+    pool = concurrent.futures.ThreadPoolExecutor(1) if executor else None
+    with pytest.raises(ValueError, match=message):
+        fit.bootstrap(NSIM, key=1, executor=pool, timeout=timeout)
 
 
 def test_an_exception_in_a_worker_names_the_replicates():
@@ -242,6 +323,8 @@ def test_dask_cluster_bootstrap_equals_in_process(fit, boot):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
+        from mixedjax.executors import executor_workers
+        assert executor_workers(client.get_executor()) == 2
         remote = fit.bootstrap(NSIM, key=3, executor=client.get_executor(), pieces=2)
     _close(remote.replicates, boot.replicates)
     pd.testing.assert_frame_equal(remote.intervals(), boot.intervals(), rtol=1e-10)
