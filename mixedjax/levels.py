@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["unique_ints", "level_label", "factor_codes", "group_codes", "map_levels", "level_key"]
+__all__ = ["unique_ints", "split_keys", "level_label", "factor_codes", "group_codes", "map_levels", "level_key"]
 
 
 def unique_ints(x, return_inverse: bool = False):
@@ -24,6 +24,14 @@ def unique_ints(x, return_inverse: bool = False):
     inverse = np.empty(len(x), np.int64)
     inverse[order] = np.cumsum(first) - 1
     return s[first], inverse
+
+
+def split_keys(keys: np.ndarray, m: int, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keys // m, keys % m) of pair keys ``a * m + b``, as int32 when every level is
+    below ``bound`` < 2**31 (pairs of levels can number in the millions; the
+    halved index arrays are what keeps a large design's layout analysis small)."""
+    dtype = np.int32 if bound < 2 ** 31 else np.int64
+    return (keys // m).astype(dtype, copy=False), (keys % m).astype(dtype, copy=False)
 
 
 def level_label(value) -> str:

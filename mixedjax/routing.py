@@ -3,8 +3,9 @@ place.  None of them changes a result beyond round-off; each only chooses how th
 definition is computed.  Tests may lower a threshold (``monkeypatch.setattr``) to
 run the other route on small data."""
 
-__all__ = ["UNROLL", "LOOP_LIMIT", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SPARSE_OPERATOR", "SCALAR_SHORTCUT", "THREADED_WORK",
-           "SMALL_WORK", "STEP_ITER", "CENTRE_RATIO"]
+__all__ = ["UNROLL", "LOOP_LIMIT", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SPARSE_OPERATOR",
+           "SCALAR_SHORTCUT", "THREADED_WORK", "SMALL_WORK", "STEP_ITER", "CENTRE_RATIO",
+           "ENTRY_CHUNK"]
 
 # backend: factor blocks of up to this many columns by unrolled elementwise code
 # (batched over levels) rather than a LAPACK call per block.
@@ -52,3 +53,7 @@ STEP_ITER = 4
 # (x ~ 5 +- 1 in a slope) the centred search already takes 23-25 evaluations where
 # the raw one took 39-62, and the eager and JAX criteria agree 5x closer.
 CENTRE_RATIO = 3.0
+
+# structure (connected components), start (moment equations): level pairs are read
+# this many at a time, so that the temporaries stay small for millions of pairs.
+ENTRY_CHUNK = 1 << 20

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import routing
 from .levels import unique_ints
 
 __all__ = ["MomentSums", "moment_sums", "moment_theta", "moment_start", "theta_scale"]
@@ -131,10 +132,14 @@ def moment_theta(sums: MomentSums, floor: float = 0.05, cap: float = 100.0) -> n
                            + float(np.sum(BDB[t] * BtB[t])))
                 continue
             row, col, val = sums.cross[(t, o)] if t < o else _swap(sums.cross[(o, t)])
-            cross = np.einsum("ej,ej->e", B[t][row], B[o][col])
-            C[t, o] = (float(np.sum(val ** 2 * inv[t][row]))
-                       - 2.0 * float(np.sum(val * cross * inv[t][row]))
-                       + float(np.sum(BDB[t] * BtB[o])))
+            C[t, o] = float(np.sum(BDB[t] * BtB[o]))
+            # In chunks of entries: a crossed design can have millions of them.
+            chunk = routing.ENTRY_CHUNK
+            for lo in range(0, len(val), chunk):
+                r, c, v = row[lo:lo + chunk], col[lo:lo + chunk], val[lo:lo + chunk]
+                vi = v * inv[t][r]
+                C[t, o] += float(vi @ v) - 2.0 * float(
+                    vi @ np.einsum("ej,ej->e", B[t][r], B[o][c]))
     E = np.zeros((T + 1, T + 1))
     E[0, 0] = n - p
     E[0, 1:] = [float(np.sum(c)) - float(np.trace(bb)) for c, bb in zip(counts, BtB)]

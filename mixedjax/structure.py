@@ -45,10 +45,11 @@ from typing import NamedTuple
 import numpy as np
 
 from . import routing
-from .levels import unique_ints
+from .levels import split_keys, unique_ints
 
 __all__ = ["Structure", "Placement", "tril_indices", "initial_theta", "lower_bounds",
-           "rectify_theta", "lambdas", "factor_lambdas", "diagonal_mask", "analyze", "bucket",
+           "rectify_theta", "lambdas", "factor_lambdas", "diagonal_mask", "analyze",
+           "analyze_pairs", "level_pairs", "bucket",
            "centring_basis", "lower_factor", "to_centred", "from_centred", "basis_matrices"]
 
 
@@ -349,38 +350,57 @@ def _components(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
     round takes the smaller label across each edge, then each label jumps to its own
     label, so labels halve their distance to the root; a few rounds suffice for
     grouping factors, in NumPy alone (SciPy's sparse graph package costs 0.1 s to
-    import, more than a small model's whole fit)."""
-    lab = np.arange(n)
+    import, more than a small model's whole fit).  Edges are read in chunks, so the
+    temporaries stay small when there are millions of them."""
+    lab = np.arange(n, dtype=np.int32 if n < 2 ** 31 else np.int64)
     if len(u) == 0:
         return lab
+    chunk = routing.ENTRY_CHUNK
     while True:
-        m = np.minimum(lab[u], lab[v])
         new = lab.copy()
-        np.minimum.at(new, u, m)
-        np.minimum.at(new, v, m)
+        for lo in range(0, len(u), chunk):
+            uu, vv = u[lo:lo + chunk], v[lo:lo + chunk]
+            m = np.minimum(lab[uu], lab[vv])
+            np.minimum.at(new, uu, m)
+            np.minimum.at(new, vv, m)
         new = new[new]
         if np.array_equal(new, lab):
             return lab
         lab = new
 
 
-def _clusters(codes0: np.ndarray, m0: int, middle_codes: list[np.ndarray],
-              middle_m: list[int]):
+def level_pairs(terms) -> list[np.ndarray]:
+    """All the layout analysis reads of the rows: for each later term t (lme4's
+    order), the sorted distinct keys ``a * m_t + b`` of the pairs (first-term level
+    a, term-t level b) that meet in a row."""
+    codes0 = np.asarray(terms[0].codes, np.int64)
+    return [unique_ints(codes0 * int(t.nlevels) + np.asarray(t.codes, np.int64))
+            for t in terms[1:]]
+
+
+def _clusters(m0: int, middle_pairs: list[np.ndarray], middle_m: list[int]):
     """Connected components of the graph on the middle levels in which two levels
     are joined when they share a level of the first term (every such pair fills
-    in when the first term is eliminated).  Returns per middle term the component
-    of each level, and the number of components."""
+    in when the first term is eliminated); ``middle_pairs`` the middle terms'
+    :func:`level_pairs`.  Returns per middle term the component of each level, and
+    the number of components."""
     offsets = np.cumsum([0] + list(middle_m))
-    nodes = offsets[-1]
+    nodes = int(offsets[-1])
     if nodes == 0:
         return [], 0
-    # Bipartite graph first-term level -- middle level (distinct edges only);
-    # components restricted to the middle levels.
-    u = np.concatenate([codes0] * len(middle_codes))
-    v = m0 + np.concatenate([c + off for c, off in zip(middle_codes, offsets)])
-    edges = unique_ints(u * (m0 + nodes) + v)
-    label = _components(edges // (m0 + nodes), edges % (m0 + nodes), m0 + nodes)
-    mid = label[m0:]
+    # Bipartite graph first-term level -- middle level; components restricted to
+    # the middle levels.  Node numbers fit int32 whenever the levels do.
+    us, vs = [], []
+    for keys, m, off in zip(middle_pairs, middle_m, offsets):
+        a, b = split_keys(keys, m, m0 + nodes)
+        us.append(a)
+        b += b.dtype.type(m0 + off)
+        vs.append(b)
+    u = us[0] if len(us) == 1 else np.concatenate(us)
+    v = vs[0] if len(vs) == 1 else np.concatenate(vs)
+    del us, vs
+    label = _components(u, v, m0 + nodes)
+    mid = label[m0:].astype(np.int64)
     used, comp = unique_ints(mid, return_inverse=True)
     return [comp[a:b] for a, b in zip(offsets[:-1], offsets[1:])], len(used)
 
@@ -395,11 +415,11 @@ def _slots(comp: np.ndarray, n_cl: int) -> tuple[np.ndarray, int]:
     return slot, int(counts.max()) if len(counts) else 0
 
 
-def _level_counts(codes0: np.ndarray, m0: int, codes: np.ndarray, m: int) -> np.ndarray:
+def _level_counts(keys: np.ndarray, m0: int, m: int) -> np.ndarray:
     """For each first-term level, the number of distinct levels of a later term in
-    its rows (the later term's coupling entries of that level, per column)."""
-    pairs = unique_ints(codes0 * m + codes)
-    return np.bincount(pairs // m, minlength=m0)
+    its rows (the later term's coupling entries of that level, per column), from
+    the term's :func:`level_pairs`."""
+    return np.bincount(keys // m, minlength=m0)
 
 
 def _cost(ks, ms, n_cl, slots, mid, border, p, entries,
@@ -432,18 +452,18 @@ def _cost(ks, ms, n_cl, slots, mid, border, p, entries,
     return factor + schur + min(sparse, dense), bool(dense < sparse)
 
 
-def choose_blocks(codes: list[np.ndarray], ks: list[int], ms: list[int], p: int,
+def choose_blocks(pairs: list[np.ndarray], ks: list[int], ms: list[int], p: int,
                   max_border: int | None = None):
     """Choose the middle and border terms (module docstring) by flop count.
 
-    ``codes``/``ks``/``ms``: every term's level codes, columns and levels in lme4's
-    order (the first term is first).  Returns (middle, border, clusters, n_cl,
+    ``pairs``: the :func:`level_pairs` of the later terms; ``ks``/``ms``: every
+    term's columns and levels in lme4's order (the first term is first).  Returns (middle, border, clusters, n_cl,
     slots, slot arrays, dense coupling): every subset of the later terms is tried as border (the
     number of later terms is small), keeping the cheapest.
     """
     max_border = routing.MAX_BORDER if max_border is None else max_border
     later = list(range(1, len(ks)))
-    per_level = {t: ks[t] * _level_counts(codes[0], ms[0], codes[t], ms[t]) for t in later}
+    per_level = {t: ks[t] * _level_counts(pairs[t - 1], ms[0], ms[t]) for t in later}
     best = None
     subsets = itertools.chain.from_iterable(
         itertools.combinations(later, r) for r in range(len(later) + 1))
@@ -453,7 +473,7 @@ def choose_blocks(codes: list[np.ndarray], ks: list[int], ms: list[int], p: int,
         if sum(ks[t] * ms[t] for t in border) > max_border:
             continue
         mid = [t for t in later if t not in border]
-        comps, n_cl = _clusters(codes[0], ms[0], [codes[t] for t in mid], [ms[t] for t in mid])
+        comps, n_cl = _clusters(ms[0], [pairs[t - 1] for t in mid], [ms[t] for t in mid])
         slot_arrays, slots = [], []
         for comp in comps:
             sl, most = _slots(comp, n_cl)
@@ -476,12 +496,18 @@ def analyze(terms, p: int, basis: tuple = ()) -> tuple[Structure, Placement]:
     lme4's order; ``p`` the number of fixed effects; ``basis``: the terms' column
     bases (:func:`centring_basis`), kept in the structure.
     """
-    ks = [t.Z.shape[1] for t in terms]
-    ms = [int(t.nlevels) for t in terms]
-    codes = [np.asarray(t.codes, np.int64) for t in terms]
-    mid, border, comps, n_cl, slots, slot_arrays, dense = choose_blocks(codes, ks, ms, p)
-    cluster = [None] * len(terms)
-    slot = [None] * len(terms)
+    return analyze_pairs(level_pairs(terms), [t.Z.shape[1] for t in terms],
+                         [int(t.nlevels) for t in terms], p, basis)
+
+
+def analyze_pairs(pairs: list[np.ndarray], ks: list[int], ms: list[int], p: int,
+                  basis: tuple = ()) -> tuple[Structure, Placement]:
+    """:func:`analyze` from the later terms' :func:`level_pairs` (which levels meet
+    the first term's), the terms' columns ``ks`` and levels ``ms``: the layout of a
+    design whose rows are not at hand (the sums of partitions)."""
+    mid, border, comps, n_cl, slots, slot_arrays, dense = choose_blocks(pairs, ks, ms, p)
+    cluster = [None] * len(ks)
+    slot = [None] * len(ks)
     for t, comp, sl in zip(mid, comps, slot_arrays):
         cluster[t] = comp
         slot[t] = sl

@@ -235,6 +235,30 @@ def test_blocks_follow_the_design():
     assert _model("nested_3")[1].structure.s == 1 + 3         # a with its a:b levels
 
 
+@pytest.mark.parametrize("name", ["nested_3", "partially_crossed", "crossed_vector",
+                                  "nested_slopes"])
+def test_layout_from_level_pairs_equals_layout_from_rows(monkeypatch, name):
+    """The layout analysis reads only which levels meet (level_pairs), so the layout
+    from the pairs equals the one from the rows; its edges read in chunks of 5 give
+    the same clusters as in one piece."""
+    formula, kw = FAMILIES[name]
+    d = make_design(formula, _data(), **kw)
+    whole = structure.analyze(d.terms, d.p)
+    pairs = structure.level_pairs(d.terms)
+    for t, keys in zip(d.terms[1:], pairs):
+        expect = np.unique(d.terms[0].codes * t.nlevels + t.codes)
+        np.testing.assert_array_equal(keys, expect)
+    monkeypatch.setattr(routing, "ENTRY_CHUNK", 5)
+    s, place = structure.analyze_pairs(pairs, [t.Z.shape[1] for t in d.terms],
+                                       [t.nlevels for t in d.terms], d.p)
+    assert s == whole[0]
+    for got, want in zip(place.cluster + place.slot, whole[1].cluster + whole[1].slot):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("name", ["crossed", "crossed_vector", "partially_crossed", "nested_slopes"])
 def test_pair_operator_numpy_equals_scipy(monkeypatch, name):
     """The pair sums by NumPy weighted counts (small designs) and by a SciPy sparse

@@ -89,6 +89,20 @@ def test_moment_equations_read_only_the_sums():
     np.testing.assert_allclose(heavy.start_theta(), 0.5 * m.start_theta(), rtol=1e-10)
 
 
+def test_moment_equations_in_chunks_of_entries(monkeypatch):
+    """The cross terms are summed over the sparse entries in chunks (millions of
+    entries in a large crossed design): chunks of 7 give the estimate of one chunk."""
+    from mixedjax import routing
+
+    data = _crossed(5, weights=True)
+    m = mixedjax.LMM.from_formula("y ~ x + (1|g) + (1|h)", data, weights="w")
+    sums = moment_sums(m.design.terms, *_basis_and_residual(m))
+    whole = moment_theta(sums)
+    monkeypatch.setattr(routing, "ENTRY_CHUNK", 7)
+    assert len(sums.cross[(0, 1)][2]) > 7
+    np.testing.assert_allclose(moment_theta(sums), whole, rtol=1e-13)
+
+
 def _basis_and_residual(m):
     """The weighted stable basis, residual and sqrt(weights) of a model's rows."""
     sw = np.sqrt(m.design.weights)

@@ -212,11 +212,26 @@ def _sums_pass(parts: list, enc: Encoding, basis: dict, n_buckets: int) -> dict:
     pieces = [split(call(p, enc_d, basis_d), n_buckets, ms) for p in parts]
     trees = [_tree([pc[b] for pc in pieces], merge_sums) for b in range(n_buckets + 1)]
     dense, *buckets = dask.compute(*trees)
-    pairs = {st: (np.concatenate([b["pairs"][st][0] for b in buckets]),
-                  np.concatenate([b["pairs"][st][1] for b in buckets], axis=0))
-             for st in buckets[0]["pairs"]}
-    del buckets
-    return {**dense, "pairs": pairs}
+    return {**dense, "pairs": _join_buckets(buckets)}
+
+
+def _join_buckets(buckets: list) -> dict:
+    """The sparse entries of the key ranges, joined in key order; each range's arrays
+    are released once copied (the entries are the largest thing the client holds)."""
+    pairs = {}
+    for st in buckets[0]["pairs"]:
+        parts = [b["pairs"][st] for b in buckets]
+        keys = np.empty(sum(len(k) for k, _ in parts), parts[0][0].dtype)
+        vals = np.empty((len(keys),) + parts[0][1].shape[1:], parts[0][1].dtype)
+        lo = 0
+        for i, b in enumerate(buckets):
+            k, v = parts[i]
+            parts[i] = b["pairs"][st] = None
+            keys[lo:lo + len(k)], vals[lo:lo + len(k)] = k, v
+            lo += len(k)
+            del k, v
+        pairs[st] = (keys, vals)
+    return pairs
 
 
 def _partitions(data):

@@ -9,15 +9,13 @@ coordinates that do not depend on how the factor will be laid out
   Q = Q1 R2^-1 and r = r1 - Q Q'r1 are the in-memory basis and residual, and every
   block changes by a small triangular map (a second CholeskyQR step, done on the
   sums instead of the rows);
-* the factor's layout is worked out by :func:`mixedjax.structure.analyze` on one
-  pseudo-row per distinct level pair (its cluster analysis only reads which levels
-  meet, and the level pairs are exactly that);
+* the factor's layout is worked out by :func:`mixedjax.structure.analyze_pairs`
+  from the level pairs of the first term with each later one (which levels meet:
+  all that the in-memory analysis reads of the rows);
 * the blocks are filled in that layout.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
@@ -25,7 +23,8 @@ import scipy.linalg
 from .. import start
 from ..crossprod import Blocks, pairs
 from ..design import independent_columns
-from ..structure import analyze
+from ..levels import split_keys
+from ..structure import analyze_pairs
 
 __all__ = ["basis_from_r", "orthonormal_sums", "assemble", "moment_theta"]
 
@@ -67,15 +66,6 @@ def orthonormal_sums(sums: dict, basis: dict) -> dict:
     return out
 
 
-class PseudoTerm(NamedTuple):
-    """What :func:`mixedjax.structure.analyze` reads of a term: codes, the width of
-    Z and the number of levels."""
-
-    codes: np.ndarray
-    Z: np.ndarray
-    nlevels: int
-
-
 class Pairs:
     """Access to the sparse Z_s'Z_t entries in either order: levels and (E, k_s, k_t)."""
 
@@ -83,34 +73,14 @@ class Pairs:
         self.pairs, self.ms = pairs, ms
 
     def __call__(self, s: int, t: int):
+        bound = max(self.ms[s], self.ms[t])
         if s < t:
             keys, vals = self.pairs[(s, t)]
-            return keys // self.ms[t], keys % self.ms[t], vals
+            a, b = split_keys(keys, self.ms[t], bound)
+            return a, b, vals
         keys, vals = self.pairs[(t, s)]
-        return keys % self.ms[s], keys // self.ms[s], np.swapaxes(vals, 1, 2)
-
-
-def pseudo_terms(pair: Pairs, ms: list, ks: list) -> list:
-    """One pseudo-row per distinct (first-term level, later-term level) pair, its
-    other terms' codes set to a level that meets the same first-term level: the
-    graph of which levels meet is the data's."""
-    K = len(ms)
-    if K == 1:
-        return [PseudoTerm(np.zeros(1, np.int64), np.zeros((0, ks[0])), ms[0])]
-    partner = []
-    for u in range(1, K):
-        a, b, _ = pair(0, u)
-        part = np.zeros(ms[0], np.int64)
-        part[a] = b
-        partner.append(part)
-    codes = [[] for _ in range(K)]
-    for t in range(1, K):
-        a, b, _ = pair(0, t)
-        codes[0].append(a)
-        for u in range(1, K):
-            codes[u].append(b if u == t else partner[u - 1][a])
-    return [PseudoTerm(np.concatenate(c), np.zeros((0, k)), m)
-            for c, k, m in zip(codes, ks, ms)]
+        a, b = split_keys(keys, self.ms[s], bound)
+        return b, a, np.swapaxes(vals, 1, 2)
 
 
 def assemble(sums: dict, ms: list, ks: list, p: int, n: int, ldw: float):
@@ -119,7 +89,7 @@ def assemble(sums: dict, ms: list, ks: list, p: int, n: int, ldw: float):
     levels and widths in lme4's order, ``p`` fixed effects, ``n`` rows, ``ldw`` the
     sum of log prior weights."""
     pair = Pairs(sums["pairs"], ms)
-    s, pl = analyze(pseudo_terms(pair, ms, ks), p)
+    s, pl = analyze_pairs([sums["pairs"][(0, t)][0] for t in range(1, len(ms))], ks, ms, p)
     S, qb, nb = s.s, s.q_border, s.n_b
     mstart = {t: st for t, st, _, _ in s.middle_segments}
     bstart = {t: st for t, st, _, _ in s.border_segments}
@@ -192,7 +162,7 @@ def assemble(sums: dict, ms: list, ks: list, p: int, n: int, ldw: float):
         ent_a = ent_pos = np.zeros(0, np.int64)
         ent_v = np.zeros((0, ks[0]))
     # The structure decides whether the coupling is kept dense, on the same level
-    # pairs as in memory (pseudo_terms), so the blocks are laid out as crossprod.build's.
+    # pairs as in memory, so the blocks are laid out as crossprod.build's.
     if s.dense_coupling:
         pair_i = pair_j = np.zeros(0, np.int64)
     else:
