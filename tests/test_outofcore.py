@@ -31,6 +31,9 @@ def _data(n=1200, seed=0, offset=1e4):
          + rng.normal(size=n))
     df = pd.DataFrame({"y": y, "x": x, "g": g, "h": [f"h{i:02d}" for i in h],
                        "site": pd.Categorical([f"s{i}" for i in site]),
+                       # categories out of text order, one of them unused
+                       "site2": pd.Categorical([f"s{i}" for i in site],
+                                               categories=["s3", "s9", "s0", "s4", "s1", "s2"]),
                        "f": rng.choice(["lo", "mid", "hi"], n), "w": rng.uniform(0.5, 2.0, n),
                        "off": rng.normal(size=n)})
     df.loc[[3, 50, 700], "x"] = np.nan
@@ -53,6 +56,7 @@ CASES = [
     ("y ~ x + site + (x | g) + (1 | h)", {"weights": "w", "offset": "off"}),
     ("y ~ x * f + (1 | g) + (1 | g:h) + (1 | site)", {}),
     ("y ~ 0 + f + (1 | h) + (x || g)", {"weights": "w"}),
+    ("y ~ x + (1 | site2/g) + (1 | h:site2)", {}),
 ]
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 from ..design import (check_columns, lme4_term_order, newdata_matrix, r_model_matrix,
                       response_vector, term_model_matrix)
 from ..formula import ParsedFormula, formula_variables, parse_formula
-from ..levels import factor_codes, level_label, unique_ints
+from ..levels import group_codes, unique_ints
 
 __all__ = ["ModelSpec", "Encoding", "model_spec", "partition_levels", "merge_levels",
            "encoding", "partition_design", "partition_r", "merge_r", "partition_sums",
@@ -170,16 +170,25 @@ def merge_levels(parts: list) -> dict:
 # ----------------------------------------------------------------------------------
 # The encoding: levels as the in-memory fit orders them, and patsy's encodings
 # ----------------------------------------------------------------------------------
-def _sorted_levels(entry) -> list:
-    """A column's levels in the order the in-memory design gives them on the whole
-    column: the used categories in category order (the grouping factor's levels are
-    the categories present), else :func:`mixedjax.levels.factor_codes`'s order of the
-    distinct values (sorted, by text for mixed types)."""
+def _level_column(entry, values=None) -> pd.Series:
+    """A column holding a level column's merged levels (or ``values`` of it) with the
+    column's kind: categorical with its categories, else the plain values, so that
+    :func:`mixedjax.levels.group_codes` orders them as on the whole column."""
     kind, cats, used = entry
+    values = list(used if kind == "cat" else cats) if values is None else list(values)
     if kind == "cat":
-        keep = set(used)
-        return [c for c in cats if c in keep]
-    return factor_codes(pd.Series(list(cats)))[1]
+        return pd.Series(pd.Categorical(values, categories=list(cats)))
+    return pd.Series(values)
+
+
+def _group_levels(group: tuple, entries: dict, rows: list) -> tuple[list, list]:
+    """(keys, labels) of a grouping factor (``group``: its columns) from its distinct
+    ``rows`` (value tuples): :func:`mixedjax.levels.group_codes`, the in-memory
+    design's rule, applied to those rows (only the levels present, in R's order)."""
+    frame = pd.DataFrame({c: _level_column(entries[c], [r[j] for r in rows])
+                          for j, c in enumerate(group)})
+    _, labels, keys = group_codes(frame, group)
+    return [tuple(k) for k in keys], labels
 
 
 @dataclass
@@ -275,20 +284,16 @@ def encoding(spec: ModelSpec, merged: dict, dtypes: pd.Series) -> Encoding:
     if n == 0:
         raise ValueError(f"no rows left after dropping {dropped} row(s) with missing values "
                          f"in columns {list(spec.used)}")
-    column_levels = {c: _sorted_levels(merged["levels"][c]) for c in spec.level_columns}
+    entries = merged["levels"]
+    column_levels = {c: [k[0] for k in _group_levels((c,), entries, [
+        (v,) for v in _level_column(entries[c])])[0]] for c in spec.level_columns}
     keys, labels = [], []
     for g in spec.groups:
-        if len(g) == 1:
-            kk = [(v,) for v in column_levels[g[0]]]
-        else:
-            index = [pd.Index(column_levels[c]) for c in g]
-            combos = list(merged["combos"][g])
-            codes = np.array([[ix.get_loc(v) for ix, v in zip(index, c)] for c in combos],
-                             dtype=np.int64).reshape(-1, len(g))
-            kk = [tuple(column_levels[c][j] for c, j in zip(g, row))
-                  for row in np.unique(codes, axis=0)]
+        rows = ([(v,) for v in column_levels[g[0]]] if len(g) == 1
+                else list(merged["combos"][g]))
+        kk, lab = _group_levels(g, entries, rows)
         keys.append(kk)
-        labels.append([":".join(level_label(v) for v in k) for k in kk])
+        labels.append(lab)
     order = lme4_term_order([len(k) for k in keys])
     proto = _prototype(spec, column_levels, dtypes)
     enc = Encoding(spec=spec, column_levels=column_levels, term_order=order,
