@@ -32,7 +32,6 @@ from .executors import (check_executor, check_parts, check_pieces, check_replica
                         check_timeout, run_replicates)
 from .inference.confint import check_level, percent_labels
 from .inference.params import parameter_names, sdcor_values
-from .model import LMM
 from .persist import save
 from .simparams import as_key, check_nsim
 from .simulate import BatchResult, Shifted, SimFits, model_of, fitted_params
@@ -239,9 +238,7 @@ class PBTestResult:
 def _ml_fit(result):
     if not result.reml:
         return result
-    model = result.model
-    return LMM(model.design, reml=False, data_name=model.data_name).fit(
-        theta0=result.theta)
+    return result.model.with_reml(False).fit(theta0=result.theta)
 
 
 def pb_test(m0, m1, nsim: int = 1000, key=None, chunk_size: int | None = None,

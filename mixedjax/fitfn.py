@@ -384,6 +384,7 @@ def fit_fn(model, data=None, reml: bool | None = None, *, theta0=None, max_iter:
     if not isinstance(model, LMM):
         raise TypeError("fit_fn expects a formula string, an LMM or an LMMResult, got "
                         f"{type(model).__name__}")
+    model.require_rows("the fit as a function of the data (fit_fn, influence, hatvalues)")
     reml = model.reml if reml is None else bool(reml)
     if theta0 is None:
         theta0 = model.initial_theta() if start is None else start

@@ -314,6 +314,7 @@ def influence(result, groups=None, exact: bool = False, method: str = "newton",
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    result.model.require_rows("influence()")
     d = result.model.design
     codes, labels, names = _units(d, groups)
     f = fitfn.fit_fn(result)

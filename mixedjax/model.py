@@ -16,6 +16,7 @@ Newton with the autodiff Hessian as one compiled call
 
 from __future__ import annotations
 
+import copy
 import functools
 import numbers
 import time
@@ -124,10 +125,27 @@ class LMM:
         """Maps a new response vector to :attr:`arrays`
         (:func:`mixedjax.crossprod.with_response`), on JAX's device."""
         if self._rmap is None:
-            raise ValueError("this model was built from its cross-products without the rows "
-                             "(LMM.from_blocks), so it cannot map a new response; build it "
-                             "from the data to refit or simulate")
+            self.require_rows("mapping a new response (refits, simulation, bootstrap)")
         return crossprod.to_device(self._rmap)
+
+    def with_reml(self, reml: bool) -> "LMM":
+        """This model with the REML (True) or ML (False) criterion: the same design,
+        cross-products and rows, nothing recomputed (so it works for a model built
+        from its cross-products too)."""
+        model = copy.copy(self)
+        model.reml = check_flag(reml, "reml")
+        model.__dict__.pop("eager", None)        # bound to the criterion
+        return model
+
+    def require_rows(self, what: str) -> None:
+        """A ValueError naming ``what`` when the model was built from its cross-products
+        without its rows (:meth:`from_blocks`: a fit from partitioned data), whose
+        X, Z and y ``what`` reads."""
+        if self.rows is None or self._rmap is None:
+            raise ValueError(f"{what} reads the model's rows, and this model was built from "
+                             "its cross-products without them (a fit from partitioned data, "
+                             "or LMM.from_blocks); fit the rows in memory (mixedjax.lmer on a "
+                             f"pandas DataFrame) for {what}")
 
     @functools.cached_property
     def coupling(self):

@@ -85,6 +85,7 @@ def simulate(result, nsim: int = 1, key=None, params=None, use_u: bool = False) 
     """
     nsim = check_nsim(nsim)
     model = model_of(result)
+    model.require_rows("simulate()")
     p = resolve_params(model.design, model.structure, params, fitted_params(result))
     key = as_key(key)
     if use_u:

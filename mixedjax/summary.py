@@ -111,7 +111,11 @@ class Summary:
             lines.append(" ".join(b.rjust(x) for (_, b), x in zip(stats, w)))
         return lines
 
-    def scaled_residuals(self) -> pd.Series:
+    def scaled_residuals(self) -> pd.Series | None:
+        """Quantiles of the Pearson residuals; None for a fit whose rows are not at
+        hand (a partitioned fit loaded from a file)."""
+        if self.result.residuals is None:
+            return None
         r = self.result.residuals.to_numpy() / self.result.sigma
         w = self.result.model.design.weights
         if w is not None:   # Pearson residuals, as lme4's summary
@@ -207,10 +211,13 @@ class Summary:
         lines.append("")
         lines.append("Scaled residuals:")
         sr = self.scaled_residuals()
-        cells = [f"{v:.4f}" for v in sr]
-        w = max(max(len(c) for c in cells), 7)
-        lines.append(" ".join(n.rjust(w) for n in sr.index))
-        lines.append(" ".join(c.rjust(w) for c in cells))
+        if sr is None:
+            lines.append("(not available: the fit's rows are not attached)")
+        else:
+            cells = [f"{v:.4f}" for v in sr]
+            w = max(max(len(c) for c in cells), 7)
+            lines.append(" ".join(n.rjust(w) for n in sr.index))
+            lines.append(" ".join(c.rjust(w) for c in cells))
         lines.append("")
         lines.append("Random effects:")
         lines += _table(self.random_effects_rows(),

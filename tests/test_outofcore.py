@@ -130,6 +130,49 @@ def test_mixedjax_lmer_fits_a_dask_frame_out_of_core():
     assert fit.nobs == mem.nobs and fit.n_dropped == mem.n_dropped
 
 
+def test_likelihood_ratio_test_of_partitioned_fits_equals_memory(tmp_path):
+    """anova() refits by ML from the cross-products (no rows needed) and checks
+    nesting by names; a saved partitioned fit prints its summary without the
+    residual quantiles, which need the partitions."""
+    df = _data(seed=6)
+    parts = _splits(df, 6)
+    big, small = "y ~ x + f + (x | g)", "y ~ x + (1 | g)"
+    mem = mixedjax.anova(mixedjax.lmer(small, df), mixedjax.lmer(big, df))
+    part = mixedjax.anova(outofcore.lmer(small, parts), outofcore.lmer(big, parts))
+    pd.testing.assert_frame_equal(part.table, mem.table, rtol=1e-7)
+    with pytest.raises(ValueError, match="not nested: the fixed effects"):
+        mixedjax.anova(outofcore.lmer("y ~ f + x + (1 | g)", parts),
+                       outofcore.lmer("y ~ x + (x | g)", parts))
+    fit = outofcore.lmer(big, parts)
+    assert "Scaled residuals:" in str(fit.summary())
+    fit.save(tmp_path / "fit.mjx")
+    text = str(mixedjax.load(tmp_path / "fit.mjx").summary())
+    assert "not available: the fit's rows are not attached" in text
+    assert f"{fit.objective:.1f}" in text
+
+
+@pytest.mark.parametrize("call", ["simulate", "bootstrap", "influence", "kenward_roger", "r2",
+                                  "icc", "fit_fn", "pb_test", "refit_many"])
+def test_what_needs_the_rows_says_so(call):
+    parts = _splits(_data(seed=7), 7)
+    fit = outofcore.lmer("y ~ x + (1 | g)", parts)
+    calls = {
+        "simulate": lambda: fit.simulate(2),
+        "bootstrap": lambda: fit.bootstrap(4, key=1),
+        "influence": lambda: fit.influence(),
+        "kenward_roger": lambda: fit.anova(ddf="Kenward-Roger"),
+        "r2": lambda: fit.r2(),
+        "icc": lambda: fit.icc(),
+        "fit_fn": lambda: mixedjax.fit_fn(fit),
+        "pb_test": lambda: mixedjax.pb_test(fit, outofcore.lmer("y ~ x + f + (1 | g)", parts),
+                                            nsim=4),
+        "refit_many": lambda: fit.refit_many(np.zeros((2, fit.nobs))),
+    }
+    with pytest.raises(ValueError, match="reads the model's rows, and this model was built "
+                                         "from its cross-products without them"):
+        calls[call]()
+
+
 def test_model_from_blocks_fits_as_the_model_from_rows():
     df = _data(seed=7)
     mem = LMM.from_formula("y ~ x + (x | g) + (1 | h)", df)

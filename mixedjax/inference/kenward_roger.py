@@ -282,6 +282,7 @@ def kr_pieces(result, theta=None, sigma=None) -> KRPieces:
     the adjustment elsewhere, e.g. at another program's estimates).
     """
     check_reml(result)
+    result.model.require_rows("the Kenward-Roger adjustment")
     d = result.model.design
     theta = result.theta if theta is None else np.asarray(theta, np.float64)
     sigma = result.sigma if sigma is None else float(sigma)

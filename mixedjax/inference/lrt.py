@@ -37,12 +37,11 @@ _SPAN_TOL = 1e-8
 def refit_ml(result):
     """The model of ``result`` fitted by maximum likelihood (lme4's ``refitML``).
 
-    The model is rebuilt from the fit's design, so the data are not needed; the
+    The model's cross-products are reused (:meth:`LMM.with_reml
+    <mixedjax.model.LMM.with_reml>`), so the data are not needed; the
     optimization starts from the REML estimates, as lme4's does.
     """
-    from ..model import LMM
-
-    model = LMM(result.model.design, reml=False, data_name=result.model.data_name)
+    model = result.model.with_reml(False)
     return model.fit(theta0=_lift_start(result.theta, model.structure))
 
 
@@ -214,13 +213,14 @@ def _check_unique_names(entries) -> None:
 
 def _check_same_data(entries) -> None:
     name0, m0 = entries[0]
-    y0 = m0.model.design.y
+    d0 = m0.model.design
     for name, m in entries[1:]:
-        y = m.model.design.y
-        if len(y) != len(y0):
+        d = m.model.design
+        if d.n != d0.n:
             raise ValueError(f"models were fitted to different data: {name0!r} uses "
-                             f"{len(y0)} observations and {name!r} {len(y)}")
-        if not np.array_equal(y, y0):
+                             f"{d0.n} observations and {name!r} {d.n}")
+        # (a design without rows holds a summary of its response: compared alike)
+        if d.y.shape != d0.y.shape or not np.array_equal(d.y, d0.y):
             raise ValueError(f"models were fitted to different data: the responses of "
                              f"{name0!r} and {name!r} differ")
 
@@ -239,7 +239,8 @@ def _likelihood_fits(entries, refit: bool):
     name0, m0 = entries[0]
     for name, m in entries[1:]:
         d0, d = m0.model.design, m.model.design
-        if d.xnames != d0.xnames or not np.allclose(d.X, d0.X, rtol=1e-12, atol=0):
+        same_x = d.X.shape == d0.X.shape and np.allclose(d.X, d0.X, rtol=1e-12, atol=0)
+        if d.xnames != d0.xnames or not same_x:
             raise ValueError(
                 "refit=False compares REML criteria, which is valid only for models "
                 f"with the same fixed effects; {name0!r} has {d0.xnames} and {name!r} "
@@ -274,12 +275,33 @@ def _check_nested(name0, f0, name1, f1) -> None:
     columns span its own, so its covariance is a restriction of that term's.
     """
     d0, d1 = f0.model.design, f1.model.design
+    if f0.model.rows is None or f1.model.rows is None:
+        _check_nested_by_name(name0, d0, name1, d1)
+        return
     if not _span_contains(d1.X, d0.X):
         raise ValueError(f"models {name0!r} and {name1!r} are not nested: the fixed "
                          f"effects of {name0!r} ({d0.xnames}) are not within those of "
                          f"{name1!r} ({d1.xnames})")
     for t0 in d0.terms:
         if not any(_same_grouping(t0, t1) and _span_contains(t1.Z, t0.Z) for t1 in d1.terms):
+            raise ValueError(f"models {name0!r} and {name1!r} are not nested: the random "
+                             f"term ({t0.expr} | {t0.group_name}) of {name0!r} is not "
+                             f"contained in a random term of {name1!r}")
+
+
+def _check_nested_by_name(name0, d0, name1, d1) -> None:
+    """:func:`_check_nested` for designs without rows (fits from partitioned data):
+    model 0's fixed-effect columns are among model 1's by name, and each of its
+    random terms has a term of model 1 with the same grouping factor and levels
+    whose columns include its own by name."""
+    missing = [x for x in d0.xnames if x not in d1.xnames]
+    if missing:
+        raise ValueError(f"models {name0!r} and {name1!r} are not nested: the fixed "
+                         f"effects {missing} of {name0!r} are not among those of {name1!r} "
+                         f"({d1.xnames})")
+    for t0 in d0.terms:
+        if not any(t1.group == t0.group and t1.levels == t0.levels
+                   and set(t0.cnames) <= set(t1.cnames) for t1 in d1.terms):
             raise ValueError(f"models {name0!r} and {name1!r} are not nested: the random "
                              f"term ({t0.expr} | {t0.group_name}) of {name0!r} is not "
                              f"contained in a random term of {name1!r}")

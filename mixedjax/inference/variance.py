@@ -84,6 +84,7 @@ def get_variance(result, tolerance: float = TOLERANCE) -> pd.Series:
     ``var_random`` (NaN for a singular fit, see the module notes) and
     ``var_residual``."""
     tolerance = _check_tolerance(tolerance)
+    result.model.require_rows("R² and the ICC (the variances of X beta and Z b)")
     var_fixed = _r_var(result.model.design.X @ result.fixef.to_numpy())
     if _near_singular(result, tolerance):
         warn_user("the random-effect variance is not computed: a variance component is "

@@ -135,16 +135,19 @@ class PartitionedResult(LMMResult):
 
     def summary(self, ddf: str | None = None):
         """lme4's summary (:meth:`LMMResult.summary`); its scaled residuals take one
-        more pass over the partitions."""
-        pearson = self._per_row("pearson")
-        if not isinstance(pearson, pd.Series):
-            pearson = pearson.compute()
+        more pass over the partitions (and are left out for a fit loaded from a file,
+        which has no partitions attached)."""
         view = _SummaryView.__new__(_SummaryView)
         view.__dict__.update(self.__dict__)
-        w = self._design.weights
-        # The summary multiplies residuals by sqrt(design.weights), which here holds
-        # the mean weight only: the per-row weights are already applied.
-        view.pearson = pearson if w is None else pearson / np.sqrt(w[0])
+        view.pearson = None
+        if self.model.data is not None:
+            pearson = self._per_row("pearson")
+            if not isinstance(pearson, pd.Series):
+                pearson = pearson.compute()
+            w = self._design.weights
+            # The summary multiplies residuals by sqrt(design.weights), which here
+            # holds the mean weight only: the per-row weights are already applied.
+            view.pearson = pearson if w is None else pearson / np.sqrt(w[0])
         return LMMResult.summary(view, ddf)
 
     def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False):
