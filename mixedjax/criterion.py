@@ -119,7 +119,7 @@ def first_term_q(Gt: fac.Inverse, A: Blocks, be, ops, middle: bool = True):
     s = A.structure
     m0, k0, n_b = A.b0.shape
     bg = (A.b0.reshape(m0 * k0, n_b) @ Gt.Gbb).reshape(m0, k0, n_b)    # one product
-    Q = bg @ xp.swapaxes(A.b0, 1, 2)
+    Q = be.mm(bg, xp.swapaxes(A.b0, 1, 2))
     if not s.n_cl:
         return Q
     if s.dense_coupling:
@@ -216,10 +216,11 @@ def gradient(theta, A: Blocks, F: fac.Factor, w: Weights, be, ops, data: bool = 
     lams = F.lams
     lam0 = lams[0]
     lam0t = xp.swapaxes(lam0, 0, 1)
-    PLd = F.P @ lam0t @ A.d0                                           # P lambda0' D
-    PLQ = F.P @ lam0t @ Q
+    PL = be.mm(F.P, lam0t)
+    PLd = be.mm(PL, A.d0)                                              # P lambda0' D
+    PLQ = be.mm(PL, Q)
     # For k0 = 1, term_a = w0 P_a lambda d_a - lambda P_a^2 Q_a (1 - lambda^2 P_a d_a = P_a).
-    term = w.w0 * PLd - PLQ + PLQ @ lam0 @ PLd
+    term = w.w0 * PLd - PLQ + be.mm(be.mm(PLQ, lam0), PLd)
     tot = xp.sum(term, axis=0)
     # d/dLambda_e of each term (k x k), then d/dlambda = S^-T d/dLambda_e for a term
     # in a column basis (Lambda_e = S^-1 lambda, structure.factor_lambdas).

@@ -117,12 +117,12 @@ def _transposed(lams):
 def _first_term(lam0, d0, be):
     xp = be.xp
     k0 = lam0.shape[0]
-    M = xp.swapaxes(lam0, 0, 1) @ d0 @ lam0 + xp.eye(k0, dtype=d0.dtype)
+    lam0t = xp.swapaxes(lam0, 0, 1)
+    M = be.mm(lam0t, be.mm(d0, lam0)) + xp.eye(k0, dtype=d0.dtype)
     L0 = be.chol(M)
-    Li = be.tri_inv(L0)
-    P = xp.swapaxes(Li, -1, -2) @ Li
+    P = be.chol_inverse(L0)
     logdet0 = 2.0 * xp.sum(xp.log(xp.diagonal(L0, 0, -2, -1)))
-    K = lam0 @ P @ xp.swapaxes(lam0, 0, 1)
+    K = be.mm(lam0, be.mm(P, lam0t))
     return L0, P, K, logdet0
 
 
@@ -149,7 +149,7 @@ def _schur(F0, A: Blocks, be, ops):
     xp = be.xp
     s = A.structure
     _, _, K, _ = F0
-    Kb = K @ A.b0                                                      # (m0, k0, n_b)
+    Kb = be.mm(K, A.b0)                                                # (m0, k0, n_b)
     m0, k0, n_b = A.b0.shape
     Tbb = A.abb - xp.swapaxes(A.b0.reshape(m0 * k0, n_b), 0, 1) @ Kb.reshape(m0 * k0, n_b)
     if not s.n_cl:

@@ -273,3 +273,18 @@ def test_pair_operator_numpy_equals_scipy(monkeypatch, name):
     fs, gs = criterion.EagerModel(A).value_grad(theta)
     assert fs == pytest.approx(f, rel=1e-13)
     np.testing.assert_allclose(gs, g, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("sa, sb", [
+    ((50, 2, 2), (50, 2, 2)), ((50, 2, 2), (2, 2)), ((2, 2), (50, 2, 2)), ((50, 1, 1), (50, 1, 3)),
+    ((50, 2, 2), (50, 2, 3)), ((50, 3, 3), (50, 3, 3)), ((4, 50, 2, 2), (50, 2, 2)),
+    ((50, 4, 3), (3, 5)), ((50, 2, 0), (50, 0, 2)), ((3, 3), (3, 2)),
+])
+def test_numpy_level_products_equal_matmul(sa, sb):
+    """NUMPY.mm (BLAS on stacked rows, entries written out for small blocks,
+    matmul otherwise) is a @ b, transposed views included."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=sa), rng.normal(size=sb)
+    np.testing.assert_allclose(NUMPY.mm(a, b), a @ b, rtol=1e-14, atol=1e-14)
+    at = np.swapaxes(rng.normal(size=sa[:-2] + sa[-2:][::-1]), -1, -2)
+    np.testing.assert_allclose(NUMPY.mm(at, b), at @ b, rtol=1e-14, atol=1e-14)
