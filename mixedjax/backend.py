@@ -146,8 +146,7 @@ class _NumpyBackend(Backend):
         return out.reshape((num,) + values.shape[1:])
 
     def mm(self, a, b):
-        a, b = np.asarray(a), np.asarray(b)
-        if a.ndim < 3 and b.ndim < 3:
+        if a.ndim < 3 and b.ndim < 3 or a.size + b.size < routing.SMALL_PRODUCT:
             return a @ b
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
         if b.ndim == 2:          # one shared right factor: one product of stacked rows

@@ -5,7 +5,7 @@ run the other route on small data."""
 
 __all__ = ["UNROLL", "LOOP_LIMIT", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SPARSE_OPERATOR",
            "SCALAR_SHORTCUT", "THREADED_WORK", "SMALL_WORK", "STEP_ITER", "CENTRE_RATIO",
-           "ENTRY_CHUNK", "UNROLL_PRODUCT"]
+           "ENTRY_CHUNK", "UNROLL_PRODUCT", "SMALL_PRODUCT"]
 
 # backend: factor blocks of up to this many columns by unrolled elementwise code
 # (batched over levels) rather than a LAPACK call per block.
@@ -15,6 +15,10 @@ UNROLL = 6
 # many multiply-adds m k n are written out entry by entry rather than through
 # NumPy's batched matmul (2 x 2 blocks: 2.4x faster at 20,000 levels; 3 x 3 slower).
 UNROLL_PRODUCT = 8
+
+# backend (NumPy): products of level blocks with fewer entries than this (a few
+# hundred levels) stay in one matmul call, whose overhead is the smallest.
+SMALL_PRODUCT = 4096
 
 # backend (JAX): blocks of up to this many columns by a loop over columns vectorized
 # over the batch (no LAPACK call, which under vmap can hang jaxlib's CPU thread

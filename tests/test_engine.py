@@ -280,9 +280,10 @@ def test_pair_operator_numpy_equals_scipy(monkeypatch, name):
     ((50, 2, 2), (50, 2, 3)), ((50, 3, 3), (50, 3, 3)), ((4, 50, 2, 2), (50, 2, 2)),
     ((50, 4, 3), (3, 5)), ((50, 2, 0), (50, 0, 2)), ((3, 3), (3, 2)),
 ])
-def test_numpy_level_products_equal_matmul(sa, sb):
+def test_numpy_level_products_equal_matmul(monkeypatch, sa, sb):
     """NUMPY.mm (BLAS on stacked rows, entries written out for small blocks,
     matmul otherwise) is a @ b, transposed views included."""
+    monkeypatch.setattr(routing, "SMALL_PRODUCT", 0)        # every route on small data
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=sa), rng.normal(size=sb)
     np.testing.assert_allclose(NUMPY.mm(a, b), a @ b, rtol=1e-14, atol=1e-14)
