@@ -13,14 +13,17 @@ thread each, ``--worker-memory`` each), in a fresh process per size.
 The default is 500 items.  With 5,000 items the item term's coupling to the users
 is kept dense (the layout an in-memory fit of the same rows gets too): about
 2.5e12 flops per evaluation of the criterion, hours per fit on a small machine.
-``--items 5000`` runs the same benchmark on that item count.
+``--items 5000`` runs the same benchmark on that item count; with ``--no-fit`` it
+stops after the passes and the model's assembly on the client (the passes and
+memory of that size, without the optimization).
 
   rows         ratings
   coupling     where the item term sits in the factor's layout: "border" (a dense
                block, the coupling to the users dense by level), "dense" (a middle
                cluster whose coupling to the users is kept dense) or the number of
                sparse coupling entries (distinct (user, item) pairs)
-  passes s     the three passes over the files (levels, R of [X y], cross-products)
+  passes s     the three passes over the files (levels, R of [X y], cross-products) and
+               the model's assembly on the client
   fit s        the optimization on the client
   client GiB   peak resident memory of the client process (it runs the scheduler too)
   workers GiB  peak resident memory of each worker process
@@ -47,7 +50,7 @@ FORMULA = "rating ~ 1 + (1|user) + (1|item)"
 
 DASK_FIT = r"""
 import json, resource, sys, time, warnings
-folder, formula, memory = sys.argv[1], sys.argv[2], sys.argv[3]
+folder, formula, memory, do_fit = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "fit"
 import dask.dataframe as dd
 from dask.distributed import Client, LocalCluster
 import mixedjax.outofcore as oc
@@ -62,15 +65,16 @@ with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=memory, proces
     ddf = dd.read_parquet(folder)
     model = oc.partitioned_model(formula, ddf)
     t1 = time.perf_counter()
-    fit = model.fit()
+    fit = model.fit() if do_fit else None
     t2 = time.perf_counter()
     workers = sorted(client.run(peak).values())
-print(json.dumps({"passes": t1 - t0, "fit": t2 - t1, "objective": fit.objective,
-                  "theta": fit.theta.tolist(), "beta": fit.fixef.tolist(), "n": fit.nobs,
+out = ({"fit": t2 - t1, "objective": fit.objective, "theta": fit.theta.tolist(),
+        "beta": fit.fixef.tolist(), "iterations": fit.optinfo["iterations"],
+        "converged": fit.converged} if do_fit else {})
+print(json.dumps({"passes": t1 - t0, **out, "n": model.design.n,
                   "coupling": ("border" if model.structure.border else
                                "dense" if model.structure.dense_coupling else
                                f"{len(model.blocks.ent_a):,}"),
-                  "iterations": fit.optinfo["iterations"], "converged": fit.converged,
                   "client_gib": peak(), "workers_gib": workers}))
 """
 
@@ -128,6 +132,10 @@ def main() -> None:
     ap.add_argument("--compare", type=int, default=2_000_000,
                     help="the size also fitted in memory (0: none)")
     ap.add_argument("--dir", default=None, help="folder for the parquet files (kept)")
+    ap.add_argument("--no-fit", action="store_true",
+                    help="the passes and the model on the client only (no optimization, no "
+                         "in-memory comparison): the memory figures of a size whose fit is "
+                         "too slow for the machine")
     a = ap.parse_args()
     sizes = [int(float(s)) for s in a.rows.split(",")]
     base = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="mixedjax-ooc-"))
@@ -137,8 +145,9 @@ def main() -> None:
             folder = base / f"ratings_{rows}"
             if not folder.exists():
                 write_ratings(folder, rows, a.users, a.items, a.files)
-            res = run(DASK_FIT, str(folder), FORMULA, a.worker_memory)
-            if rows == a.compare:
+            res = run(DASK_FIT, str(folder), FORMULA, a.worker_memory,
+                      "nofit" if a.no_fit else "fit")
+            if rows == a.compare and not a.no_fit:
                 res["memory"] = run(MEMORY_FIT, str(folder), FORMULA)
             results.append((rows, res))
             print(json.dumps({"rows": rows, **res}), file=sys.stderr)
@@ -161,9 +170,10 @@ def main() -> None:
         dth = (f"{np.max(np.abs(np.subtract(r['theta'], mem['theta']))):.1e}"
                if "theta" in mem else "-")
         workers = "/".join(f"{w:.2f}" for w in r["workers_gib"])
-        print(f"{rows:>11,} {r['coupling']:>11} {r['passes']:>9.1f} {r['fit']:>7.1f} "
-              f"{r['client_gib']:>10.2f} {workers:>12} {r['objective']:>18.6f} {dobj:>11} "
-              f"{dth:>9}")
+        fit = f"{r['fit']:>7.1f}" if "fit" in r else f"{'-':>7}"
+        obj = f"{r['objective']:>18.6f}" if "objective" in r else f"{'-':>18}"
+        print(f"{rows:>11,} {r['coupling']:>11} {r['passes']:>9.1f} {fit} "
+              f"{r['client_gib']:>10.2f} {workers:>12} {obj} {dobj:>11} {dth:>9}")
         if "seconds" in mem:
             print(f"{'':>11} in memory: {mem['seconds']:.1f} s, peak {mem['peak_gib']:.2f} GiB")
     done = sorted((rows, r) for rows, r in results if "client_gib" in r)

@@ -112,12 +112,15 @@ def assemble(sums: dict, ms: list, ks: list, p: int, n: int, ldw: float):
     ent = []
     for t in range(1, len(ms)):
         a, lv, v = pair(0, t)
-        for j in range(ks[t]):
-            if t in bstart:
+        if t in bstart:
+            for j in range(ks[t]):
                 b0[a, :, bcol(t, lv) + j] = v[:, :, j]
-            else:
-                cl, col = mcol(t, lv)
-                ent.append((a, cl * S + col + j, v[:, :, j]))
+            continue
+        # the flat middle column of each level of t, then of each entry
+        pos = (pl.cluster[t] * S + mstart[t] + pl.slot[t] * ks[t])[lv]
+        del lv
+        for j in range(ks[t]):
+            ent.append((a, pos + j if j else pos, v[:, :, j]))
     lv_all = [np.arange(m) for m in ms]
     for t in bstart:
         rows = bcol(t, lv_all[t])
@@ -153,11 +156,8 @@ def assemble(sums: dict, ms: list, ks: list, p: int, n: int, ldw: float):
                         cl, ct = mcol(t, lt)
                         abm[cl, bcol(u, lu) + j, ct + i] = v[:, i, j]
     if ent:
-        ent_a = np.concatenate([e[0] for e in ent]).astype(np.int64)
-        ent_pos = np.concatenate([e[1] for e in ent]).astype(np.int64)
-        order = np.argsort(ent_a * max(s.n_cl * S, 1) + ent_pos, kind="stable")
-        ent_a, ent_pos = ent_a[order], ent_pos[order]
-        ent_v = np.concatenate([e[2] for e in ent], axis=0)[order]
+        ent_a, ent_pos, ent_v = _sorted_entries(ent, max(s.n_cl * S, 1))
+        del ent
     else:
         ent_a = ent_pos = np.zeros(0, np.int64)
         ent_v = np.zeros((0, ks[0]))
@@ -174,6 +174,27 @@ def assemble(sums: dict, ms: list, ks: list, p: int, n: int, ldw: float):
                logdet_x=np.float64(2.0 * np.sum(np.log(np.diagonal(rx))) if p else 0.0),
                rx=rx, beta0=sums["beta0"])
     return A, pl
+
+
+def _sorted_entries(ent: list, width: int):
+    """(ent_a, ent_pos, ent_v) of the coupling entries, sorted by level and then
+    column as :class:`~mixedjax.crossprod.Blocks` keeps them.  One later term in
+    the middle (the usual large crossed design) delivers them in that order
+    already: its level pairs come sorted and a cluster's slots follow the level
+    order; then nothing is sorted or copied again (millions of entries)."""
+    if len(ent) == 1:
+        a, pos, v = ent[0]
+        a, pos = a.astype(np.int64, copy=False), pos.astype(np.int64, copy=False)
+        key = a * width + pos
+        ordered = bool(np.all(key[1:] > key[:-1]))
+        del key
+        if ordered:
+            return a, pos, np.ascontiguousarray(v)
+    ent_a = np.concatenate([e[0] for e in ent]).astype(np.int64)
+    ent_pos = np.concatenate([e[1] for e in ent]).astype(np.int64)
+    order = np.argsort(ent_a * width + ent_pos, kind="stable")
+    ent_a, ent_pos = ent_a[order], ent_pos[order]
+    return ent_a, ent_pos, np.concatenate([e[2] for e in ent], axis=0)[order]
 
 
 def moment_theta(sums: dict, ms: list, ks: list, n: int, p: int, mean_w: float,
