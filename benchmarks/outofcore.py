@@ -10,10 +10,10 @@ counts: user activity log-normal, item popularity Zipf-like) is written as
 ``mixedjax.outofcore.lmer`` through a ``LocalCluster`` of 2 worker processes (one
 thread each, ``--worker-memory`` each), in a fresh process per size.
 
-The default is 500 items.  With 5,000 items the item term's coupling to the users
-is kept dense (the layout an in-memory fit of the same rows gets too): about
-2.5e12 flops per evaluation of the criterion, hours per fit on a small machine.
-``--items 5000`` runs the same benchmark on that item count; with ``--no-fit`` it
+The default is 500 items.  With ``--items 5000`` the item term's coupling to the
+users is kept dense (the layout an in-memory fit of the same rows gets too): about
+5e12 flops per evaluation of the criterion and its gradient, 2 GB per copy of the
+coupling on the client (about 4 minutes and 7 GiB for a fit on 2 cores); with ``--no-fit`` it
 stops after the passes and the model's assembly on the client (the passes and
 memory of that size, without the optimization).
 
