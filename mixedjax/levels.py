@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["unique_ints", "split_keys", "level_label", "factor_codes", "group_codes", "map_levels", "level_key"]
+__all__ = ["unique_ints", "split_keys", "level_label", "factor_codes", "group_codes",
+           "map_levels", "level_key"]
 
 
 def unique_ints(x, return_inverse: bool = False):

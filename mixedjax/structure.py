@@ -457,9 +457,10 @@ def choose_blocks(pairs: list[np.ndarray], ks: list[int], ms: list[int], p: int,
     """Choose the middle and border terms (module docstring) by flop count.
 
     ``pairs``: the :func:`level_pairs` of the later terms; ``ks``/``ms``: every
-    term's columns and levels in lme4's order (the first term is first).  Returns (middle, border, clusters, n_cl,
-    slots, slot arrays, dense coupling): every subset of the later terms is tried as border (the
-    number of later terms is small), keeping the cheapest.
+    term's columns and levels in lme4's order (the first term is first).  Returns
+    (middle, border, clusters, n_cl, slots, slot arrays, dense coupling): every subset
+    of the later terms is tried as border (the number of later terms is small),
+    keeping the cheapest.
     """
     max_border = routing.MAX_BORDER if max_border is None else max_border
     later = list(range(1, len(ks)))

@@ -170,12 +170,12 @@ def merge_levels(parts: list) -> dict:
 # ----------------------------------------------------------------------------------
 # The encoding: levels as the in-memory fit orders them, and patsy's encodings
 # ----------------------------------------------------------------------------------
-def _level_column(entry, values=None) -> pd.Series:
-    """A column holding a level column's merged levels (or ``values`` of it) with the
-    column's kind: categorical with its categories, else the plain values, so that
+def _level_column(entry, values) -> pd.Series:
+    """``values`` of a level column as a column of its kind (categorical with the
+    merged ``entry``'s categories, else plain), so that
     :func:`mixedjax.levels.group_codes` orders them as on the whole column."""
-    kind, cats, used = entry
-    values = list(used if kind == "cat" else cats) if values is None else list(values)
+    kind, cats, _ = entry
+    values = list(values)
     if kind == "cat":
         return pd.Series(pd.Categorical(values, categories=list(cats)))
     return pd.Series(values)
@@ -285,8 +285,8 @@ def encoding(spec: ModelSpec, merged: dict, dtypes: pd.Series) -> Encoding:
         raise ValueError(f"no rows left after dropping {dropped} row(s) with missing values "
                          f"in columns {list(spec.used)}")
     entries = merged["levels"]
-    column_levels = {c: [k[0] for k in _group_levels((c,), entries, [
-        (v,) for v in _level_column(entries[c])])[0]] for c in spec.level_columns}
+    column_levels = {c: [k[0] for k in _group_levels(
+        (c,), entries, [(v,) for v in _values(entries[c])])[0]] for c in spec.level_columns}
     keys, labels = [], []
     for g in spec.groups:
         rows = ([(v,) for v in column_levels[g[0]]] if len(g) == 1
