@@ -1,15 +1,16 @@
 """Running thousands to millions of fits of one design: lanes, chunks and devices.
 
 A batched fit keeps a fixed number of *lanes* (the chunk size), each holding one
-replicate's response and its current theta.  Every call of the compiled kernel
-(:func:`mixedjax.batchfit.fit_chunk`) advances all lanes by at most ``step_iter``
-Newton iterations; replicates that finished are harvested and their lanes refilled
-with new replicates, the others continue from where they stopped.  Under ``vmap`` a
-loop runs until its slowest member finishes, so without this a chunk would cost
-its slowest replicate's iteration count times the chunk size; with it the cost is
-close to the average.  A continuation restarts Newton at the point it stopped,
-which is exactly where the uninterrupted iteration would have gone on, so results
-do not depend on the chunk size or on the number of devices.
+replicate's response and the state of its Newton search.  Every call of the compiled
+kernel (:func:`mixedjax.batchfit.fit_chunk`) advances all lanes by at most
+:data:`mixedjax.routing.STEP_EVALS` evaluations; replicates that finished are
+harvested and their lanes refilled with new replicates, the others go on from the
+state they stopped in.  Under ``vmap`` a loop runs until its slowest member
+finishes, so without this a chunk would cost its slowest replicate's evaluations
+(iterations and line-search halvings) times the chunk size; with it the cost is
+close to the average.  A search continued from its state takes exactly the steps
+of the uninterrupted search, so results do not depend on the chunk size or on the
+number of devices.
 
 Memory stays bounded: one chunk of responses and fit state at a time, plus one row
 of summaries per replicate.  Each chunk is sharded over the process's local JAX
@@ -24,6 +25,7 @@ n), for REML and ML fits alike.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import threading
 from typing import Callable, NamedTuple
@@ -33,11 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import batchfit, routing
-from .optim import final_status
+from .optim import final_status, start_state
 from .crossprod import Blocks, ResponseMap
 from .result import SINGULAR_TOL
 from .start import theta_scale
 from .structure import bucket, diagonal_mask
+from .threads import lane_threads
 
 __all__ = ["FitSpec", "fit_spec", "fit_responses", "chunk_size_for", "pad_rows",
            "Lanes", "device_mesh"]
@@ -137,9 +140,10 @@ class Lanes(NamedTuple):
     """The state of the lanes between kernel calls (host arrays)."""
 
     rep: np.ndarray        # replicate index per lane (-1: empty)
-    theta: np.ndarray      # start of the next call
+    fresh: np.ndarray      # the lane starts a new search at theta0 in the next call
+    theta0: np.ndarray     # that search's start
+    state: tuple           # the searches' loop states (optim.LoopState, one row per lane)
     Y: np.ndarray          # responses (lanes, n_pad)
-    done_iter: np.ndarray  # iterations already spent
 
 
 def _place(x, mesh):
@@ -160,7 +164,7 @@ _FIELDS = batchfit.FitSummary._fields
 
 def _alloc(nsim: int, spec: FitSpec) -> dict[str, np.ndarray]:
     nt, p = len(spec.theta0), spec.A.structure.p
-    shapes = {"theta": (nt,), "theta_raw": (nt,), "beta": (p,), "stderr": (p,)}
+    shapes = {"theta": (nt,), "beta": (p,), "stderr": (p,)}
     out = {f: np.zeros((nsim,) + shapes.get(f, ())) for f in _FIELDS}
     out["converged"] = np.zeros(nsim, bool)
     out["iterations"] = np.zeros(nsim, np.int64)
@@ -185,50 +189,94 @@ def fit_responses(spec: FitSpec, rows: Callable[[np.ndarray], np.ndarray], nsim:
     A, R = _replicate((spec.A, spec.R), mesh)
     out = _alloc(nsim, spec)
     theta0 = np.asarray(spec.theta0, np.float64)
-    lanes = Lanes(rep=np.full(B, -1), theta=np.tile(theta0, (B, 1)),
-                  Y=np.zeros((B, spec.n_pad)), done_iter=np.zeros(B, np.int64))
+    run = _Run(spec, rows, out, B, mesh, (A, R), theta0, starts,
+               (jnp.asarray(max_iter, jnp.int64), jnp.asarray(routing.STEP_EVALS, jnp.int64),
+                jnp.asarray(spec.reml), jnp.asarray(spec.scale, jnp.float64)),
+               progress_bar(nsim, progress, desc))
     # Compile the kernel on a second thread while the first responses are drawn
     # (drawing compiles its own function): on a cold start the two compilations
-    # overlap instead of adding up.  The warm-up call runs one iteration on zero
-    # responses and is discarded; on a warm cache it costs a few milliseconds.
-    scale = jnp.asarray(spec.scale, jnp.float64)
-    args = (_place(lanes.theta, mesh), A, R, _place(lanes.Y, mesh),
-            _place(np.ones(B, np.int64), mesh), jnp.asarray(spec.reml), scale)
-    warm = threading.Thread(target=_warm_up, args=args, daemon=True)
+    # overlap instead of adding up.  The warm-up call runs on zero responses and is
+    # discarded; on a warm cache it costs a few milliseconds.
+    warm = threading.Thread(target=_warm_up, args=run.args(run.empty()), daemon=True)
     warm.start()
-    bar = progress_bar(nsim, progress, desc)
-    next_rep = 0
-    finished = 0
-    while finished < nsim:
-        lanes, next_rep = _refill(lanes, next_rep, nsim, rows, theta0, starts)
-        live = lanes.rep >= 0
-        cap = np.maximum(np.minimum(routing.STEP_ITER, max_iter - lanes.done_iter), 1)
-        if warm is not None:
-            warm.join()
-            warm = None
-        res = batchfit.fit_chunk(_place(lanes.theta, mesh), A, R, _place(lanes.Y, mesh),
-                                 _place(cap, mesh), jnp.asarray(spec.reml), scale)
-        res = jax.tree_util.tree_map(np.asarray, res)
-        total = lanes.done_iter + res.iterations
-        # A lane is finished when Newton stopped on its own or used up max_iter.
-        stop = live & ((res.status != 3) | (total >= max_iter))
-        idx = lanes.rep[stop]
-        for f in _FIELDS:
-            out[f][idx] = getattr(res, f)[stop]
-        out["iterations"][idx] = total[stop]
-        out["status"][idx] = final_status(res.status[stop], res.converged[stop])
-        finished += int(stop.sum())
-        if bar is not None:
-            bar.update(int(stop.sum()))
-        cont = live & ~stop
-        lanes = Lanes(rep=np.where(stop, -1, lanes.rep),
-                      theta=np.where(cont[:, None], res.theta_raw, lanes.theta),
-                      Y=lanes.Y, done_iter=np.where(cont, total, 0))
-    if bar is not None:
-        bar.close()
+    groups = _groups(nsim, B, mesh)
+    bounds = [nsim * g // groups for g in range(groups + 1)]
+    if groups == 1:
+        run.lanes(0, nsim, warm)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(groups) as pool:
+            futures = [pool.submit(run.lanes, lo, hi, warm)
+                       for lo, hi in zip(bounds[:-1], bounds[1:])]
+            for f in futures:
+                f.result()
+    if run.bar is not None:
+        run.bar.close()
     if spec.theta_alt is not None and len(spec.theta_alt):
         _other_starts(spec, rows, out, B, max_iter)
     return out
+
+
+def _groups(nsim: int, chunk: int, mesh) -> int:
+    """Threads to run the lanes in: :func:`mixedjax.threads.lane_threads` on a single
+    CPU device when there is more than one chunk of work; one otherwise (several
+    devices share each call's lanes already)."""
+    if mesh is not None or jax.default_backend() != "cpu":
+        return 1
+    return max(1, min(lane_threads(), -(-nsim // chunk)))
+
+
+class _Run(NamedTuple):
+    """One batched run: what every group of lanes shares."""
+
+    spec: FitSpec
+    rows: Callable
+    out: dict
+    B: int
+    mesh: object
+    consts: tuple
+    theta0: np.ndarray
+    starts: np.ndarray | None
+    flags: tuple
+    bar: object
+
+    def empty(self) -> Lanes:
+        """Lanes holding no replicate, each set to start fresh (placeholder states of
+        the right shapes and types)."""
+        B = self.B
+        state = jax.tree_util.tree_map(
+            lambda a: np.tile(np.asarray(a), (B,) + (1,) * np.ndim(a)),
+            start_state(np.zeros_like(self.theta0)))
+        return Lanes(rep=np.full(B, -1), fresh=np.ones(B, bool),
+                     theta0=np.tile(self.theta0, (B, 1)), state=state,
+                     Y=np.zeros((B, self.spec.n_pad)))
+
+    def args(self, lanes: Lanes) -> tuple:
+        """The arguments of :func:`mixedjax.batchfit.fit_chunk` for ``lanes``."""
+        state = jax.tree_util.tree_map(lambda a: _place(a, self.mesh), lanes.state)
+        return (state, _place(lanes.fresh, self.mesh), _place(lanes.theta0, self.mesh),
+                *self.consts, _place(lanes.Y, self.mesh), *self.flags)
+
+    def lanes(self, lo: int, hi: int, warm: threading.Thread) -> None:
+        """Fit replicates lo..hi-1 in one set of lanes, into ``out``."""
+        lanes, next_rep, left = self.empty(), lo, hi - lo
+        while left > 0:
+            lanes, next_rep = _refill(lanes, next_rep, hi, self.rows, self.theta0,
+                                      self.starts)
+            live = lanes.rep >= 0
+            warm.join()
+            state, res = batchfit.fit_chunk(*self.args(lanes))
+            state, res = jax.tree_util.tree_map(np.asarray, (state, res))
+            # A lane is finished when its search stopped (on its own or at max_iter).
+            stop = live & (state.status != -1)
+            idx = lanes.rep[stop]
+            for f in _FIELDS:
+                self.out[f][idx] = getattr(res, f)[stop]
+            self.out["status"][idx] = final_status(res.status[stop], res.converged[stop])
+            left -= int(stop.sum())
+            if self.bar is not None:
+                self.bar.update(int(stop.sum()))
+            lanes = lanes._replace(rep=np.where(stop, -1, lanes.rep),
+                                   fresh=np.zeros(self.B, bool), state=state)
 
 
 def _other_starts(spec: FitSpec, rows, out: dict, chunk_size: int, max_iter: int) -> None:
@@ -274,29 +322,35 @@ def _warm_up(*args) -> None:
 
 
 def _refill(lanes: Lanes, next_rep: int, nsim: int, rows, theta0, starts=None):
-    """Put the next replicates into empty lanes, each from ``theta0`` or its row of
-    ``starts``.  Lanes left empty at the end copy a live lane (response and start),
-    so they never outlast the live lanes."""
+    """Put the next replicates into empty lanes, each a new search from ``theta0`` or
+    its row of ``starts``.  Lanes left empty at the end copy a live lane (response
+    and state), so they never outlast the live lanes."""
     empty = np.flatnonzero(lanes.rep < 0)
     take = min(len(empty), nsim - next_rep)
-    rep, theta, Y, done = (lanes.rep.copy(), lanes.theta.copy(), lanes.Y, lanes.done_iter.copy())
+    rep, fresh, start, Y = lanes.rep.copy(), lanes.fresh.copy(), lanes.theta0.copy(), lanes.Y
+    state = lanes.state
     if take:
         new = np.arange(next_rep, next_rep + take)
         slots = empty[:take]
         Y = Y.copy()
         Y[slots] = rows(new)
         rep[slots] = new
-        theta[slots] = theta0 if starts is None else starts[new]
-        done[slots] = 0
+        start[slots] = theta0 if starts is None else starts[new]
+        fresh[slots] = True
         next_rep += take
     idle = rep < 0
     if idle.any() and (~idle).any():
         src = np.flatnonzero(~idle)[0]
         Y = Y.copy() if Y is lanes.Y else Y
         Y[idle] = Y[src]
-        theta[idle] = theta[src]
-        done[idle] = done[src]
-    return Lanes(rep, theta, Y, done), next_rep
+        start[idle] = start[src]
+        fresh[idle] = fresh[src]
+        state = jax.tree_util.tree_map(lambda a: np.where(_rows(idle, a), a[src], a), state)
+    return Lanes(rep, fresh, start, state, Y), next_rep
+
+
+def _rows(mask: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return mask.reshape((-1,) + (1,) * (a.ndim - 1))
 
 
 def progress_bar(nsim: int, progress: bool | None, desc: str):

@@ -1,10 +1,12 @@
 """Fitting one design to many responses at once: the vmapped kernel.
 
-Each replicate is :func:`mixedjax.compiled.fit_arrays` (Newton with the autodiff
-Hessian of the one criterion, LAPACK-free eigendecompositions) on the blocks of
-its response (:func:`mixedjax.crossprod.with_response`: only the response parts
-change), summarized to fixed-shape arrays.  :func:`fit_chunk` vmaps it over a
-chunk of responses; :mod:`mixedjax.batch` feeds chunks and devices.
+Each replicate is the Newton search of :func:`mixedjax.compiled.fit_arrays` (the
+autodiff Hessian of the one criterion, LAPACK-free eigendecompositions) on the
+blocks of its response (:func:`mixedjax.crossprod.with_response`: only the response
+parts change), run in pieces of a few evaluations
+(:func:`mixedjax.compiled.newton_piece`) and summarized to fixed-shape arrays.
+:func:`fit_chunk` vmaps a piece over a chunk of responses; :mod:`mixedjax.batch`
+feeds chunks and devices.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import factor
+from . import factor, optim
 from .backend import jax_backend
-from .compiled import fit_arrays
+from .compiled import newton_piece, search_start
 from .criterion import dof
 from .crossprod import Blocks, ResponseMap, with_response
 
@@ -26,15 +28,12 @@ __all__ = ["FitSummary", "fit_one", "fit_chunk", "summary_at"]
 class FitSummary(NamedTuple):
     """What a batched fit keeps of each replicate (fixed shapes).
 
-    ``theta``: rectified (lme4's sign convention); ``theta_raw``: the optimizer's
-    point (a restart from it continues the same iteration; theta itself for a
-    design searched in centred columns, :func:`mixedjax.structure.to_centred`); ``beta``/``stderr``:
-    fixed effects and their standard errors; ``sigma``, ``objective``;
-    ``converged``, ``iterations``, ``status`` as in :class:`mixedjax.optim.OptResult`.
+    ``theta``: rectified (lme4's sign convention); ``beta``/``stderr``: fixed effects
+    and their standard errors; ``sigma``, ``objective``; ``converged``,
+    ``iterations``, ``status`` as in :class:`mixedjax.optim.OptResult`.
     """
 
     theta: jax.Array
-    theta_raw: jax.Array
     beta: jax.Array
     stderr: jax.Array
     sigma: jax.Array
@@ -53,35 +52,40 @@ def summary_at(sol: factor.Solution, A: Blocks, reml):
     return sigma, sigma * jnp.sqrt(jnp.diagonal(V))
 
 
-def fit_one(theta0, A: Blocks, reml, max_iter, scale=1.0) -> FitSummary:
-    """Fit theta by Newton from ``theta0`` and summarize the fit (pure, vmappable;
-    ``reml``, ``max_iter`` and ``scale`` (:func:`mixedjax.compiled.fit_arrays`) may
-    be traced)."""
-    out = fit_arrays(theta0, A, reml, max_iter, final=False, scale=scale)
+def fit_one(state, A: Blocks, reml, max_iter, budget, scale=1.0):
+    """Go on with one replicate's Newton fit from the loop ``state`` for at most
+    ``budget`` evaluations (:func:`mixedjax.compiled.newton_piece`); returns the loop
+    state and the :class:`FitSummary` at its last accepted point (pure, vmappable;
+    ``reml``, ``max_iter``, ``budget`` and ``scale`` may be traced)."""
+    state, out = newton_piece(state, A, reml, max_iter, budget, scale)
     sigma, se = summary_at(out.solution, A, reml)
-    # A restart maps its start to the search's coordinates (fit_arrays), so a
-    # design searched in centred columns restarts from theta itself.
-    raw = out.theta if A.structure.basis else out.opt.x
-    return FitSummary(theta=out.theta, theta_raw=raw, beta=out.solution.beta, stderr=se,
-                      sigma=sigma, objective=out.objective, converged=out.opt.converged,
-                      iterations=out.opt.iterations, status=out.opt.status)
+    summary = FitSummary(theta=out.theta, beta=out.solution.beta, stderr=se, sigma=sigma,
+                         objective=out.objective,
+                         converged=out.opt.converged, iterations=out.opt.iterations,
+                         status=out.opt.status)
+    return state, summary
 
 
 @jax.jit
-def fit_chunk(theta0, A: Blocks, R: ResponseMap, Y, max_iter, reml,
-              scale=1.0) -> FitSummary:
-    """Fit every row of ``Y`` (B, n) from its row of ``theta0`` (B, ntheta), each
-    for at most its entry of ``max_iter`` (B,) iterations, by REML when the boolean
-    ``reml`` is true, else by ML; ``scale``: the size of theta
-    (:func:`mixedjax.start.theta_scale`).
+def fit_chunk(state, fresh, theta0, A: Blocks, R: ResponseMap, Y, max_iter, budget, reml,
+              scale=1.0):
+    """Go on with the fit of every row of ``Y`` (B, n) for at most ``budget``
+    evaluations: from the loop ``state`` (one entry per row), or, where ``fresh``,
+    from a new search at that row of ``theta0`` (B, ntheta).  Each fit stops after
+    ``max_iter`` iterations in all, by REML when the boolean ``reml`` is true, else by
+    ML; ``scale``: the size of theta (:func:`mixedjax.start.theta_scale`).  Returns
+    the loop states and the :class:`FitSummary` of each row.
 
-    One compiled function per (design structure, B, n): the iteration caps and the
-    REML flag are arguments, so first passes, continuations and REML and ML fits
-    share it.
+    One compiled function per (design structure, B, n): the budget, the iteration
+    cap and the REML flag are arguments, so every call of a run, and REML and ML
+    fits, share it.
     """
     be = jax_backend()
+    drv = optim.traced(batched_eigh=True)
 
-    def one(t0, y, cap):
-        return fit_one(t0, with_response(A, R, y, be), reml, cap, scale)
+    def one(st, new, t0, y):
+        start = optim.start_state(search_start(t0, A, scale), drv)
+        st = jax.tree_util.tree_map(lambda a, b: jnp.where(new, a, b), start, st)
+        return fit_one(st, with_response(A, R, y, be), reml, max_iter, budget, scale)
 
-    return jax.vmap(one)(theta0, Y, max_iter)
+    return jax.vmap(one)(state, fresh, theta0, Y)

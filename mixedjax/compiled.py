@@ -18,7 +18,8 @@ from .crossprod import Blocks
 from .fitting import FitOutput
 from .structure import from_centred, rectify_theta, to_centred
 
-__all__ = ["fit_arrays", "value_grad_hess", "newton", "solve", "fit_jit", "objective_jit"]
+__all__ = ["fit_arrays", "value_grad_hess", "newton", "newton_piece", "search_start", "finish",
+           "solve", "fit_jit", "objective_jit"]
 
 
 def value_grad_hess(fun, x, *args):
@@ -48,6 +49,23 @@ def solve(theta, A: Blocks, be=None):
     return factor.solve(factor.factorize(theta, A, be), A, be)
 
 
+def _scaled(t, A, reml, scale):
+    # The search runs in theta / scale (fitting.fit_eager explains why).
+    return objective(t * scale, A, reml)
+
+
+def _search_structure(A: Blocks) -> Blocks:
+    # A structure with a column basis is searched in the centred coordinates
+    # (structure.to_centred), as the eager driver does.
+    return A.replace_structure(A.structure.plain())
+
+
+def search_start(theta0, A: Blocks, scale=1.0):
+    """The optimizer's coordinates of ``theta0``: centred (:func:`to_centred`) and
+    divided by ``scale`` (traced)."""
+    return to_centred(jnp.asarray(theta0, jnp.float64), A.structure, jnp) / scale
+
+
 def fit_arrays(theta0, A: Blocks, reml=True, max_iter=200, optimizer: str = "newton",
                gtol: float = 1e-6, final: bool = True, scale=1.0) -> FitOutput:
     """Fit theta from ``theta0`` by Newton (or BFGS with a difference Hessian at the
@@ -62,25 +80,43 @@ def fit_arrays(theta0, A: Blocks, reml=True, max_iter=200, optimizer: str = "new
     """
     drv = optim.traced(batched_eigh=True)
     scale = jnp.asarray(scale, jnp.float64)
-    s = A.structure
-    # A structure with a column basis is searched in the centred coordinates
-    # (structure.to_centred), as the eager driver does.
-    A_search = A.replace_structure(s.plain())
-    t0 = to_centred(jnp.asarray(theta0, jnp.float64), s, jnp) / scale
-
-    def scaled(t, A, reml):
-        return objective(t * scale, A, reml)
-
+    A_search = _search_structure(A)
+    t0 = search_start(theta0, A, scale)
     if optimizer == "bfgs":
         def evaluate(t):
-            f, g = jax.value_and_grad(scaled)(t, A_search, reml)
+            f, g = jax.value_and_grad(_scaled)(t, A_search, reml, scale)
             return f, g, None
         st = optim.minimize(evaluate, t0, drv, "bfgs", max_iter=max_iter, gtol=gtol)
-        hess = optim.fd_hessian(lambda t: jax.grad(scaled)(t, A_search, reml), st.x, st.g, jnp)
+        hess = optim.fd_hessian(lambda t: jax.grad(_scaled)(t, A_search, reml, scale),
+                                st.x, st.g, jnp)
         opt = optim.record(st, hess, gtol, drv, final=final)
     else:
-        opt = newton(scaled, t0, A_search, reml, max_iter=max_iter, gtol=gtol, final=final)
+        opt = newton(_scaled, t0, A_search, reml, scale, max_iter=max_iter, gtol=gtol,
+                     final=final)
+    return finish(opt, A, reml, scale)
+
+
+def newton_piece(state: optim.LoopState, A: Blocks, reml, max_iter, budget, scale=1.0,
+                 gtol: float = 1e-6):
+    """Go on with :func:`fit_arrays`' Newton search from ``state`` (a loop state,
+    :func:`mixedjax.optim.start_state` of :func:`search_start` for a new fit) for at
+    most ``budget`` evaluations: (the loop state, running (status -1) where the budget
+    ended it, and the :class:`FitOutput` at its last accepted point, the optimizer's
+    own status kept).  Pieces of any size take the steps of one uninterrupted search."""
+    drv = optim.traced(batched_eigh=True)
+    scale = jnp.asarray(scale, jnp.float64)
+    A_search = _search_structure(A)
+    st = optim.minimize(lambda t: value_grad_hess(_scaled, t, A_search, reml, scale), None,
+                        drv, "newton", max_iter=max_iter, gtol=gtol, state=state,
+                        budget=budget, step_stop=True)
+    return st, finish(optim.record(st, st.H, gtol, drv, final=False), A, reml, scale)
+
+
+def finish(opt: optim.OptResult, A: Blocks, reml, scale=1.0) -> FitOutput:
+    """The fit at the optimizer's record ``opt`` (in the search's coordinates, times
+    ``scale``): the record in theta, theta rectified, the criterion and the solve."""
     opt = opt._replace(x=opt.x * scale, grad=opt.grad / scale, hess=opt.hess / scale ** 2)
+    s = A.structure
     theta = from_centred(opt.x, s, jnp) if s.basis else rectify_theta(opt.x, s, jnp)
     be = jax_backend()
     F = factor.factorize(theta, A, be)

@@ -23,12 +23,12 @@ it is fitted in.  Three ways to split the replicates use the one ``run``:
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import time
 
 import numpy as np
 
 from .batch import progress_bar
+from .threads import local_cpus, one_lane_thread
 
 __all__ = ["check_replicates", "check_executor", "check_pieces", "check_timeout", "split",
            "process_replicates", "local_cpus", "executor_workers", "run_piece", "run_replicates",
@@ -119,13 +119,6 @@ def process_replicates(nsim: int) -> range:
     return split(range(nsim), jax.process_count())[jax.process_index()]
 
 
-def local_cpus() -> int:
-    """The CPUs this process may use (``os.process_cpu_count()`` where Python has it):
-    the size of a standard process pool made without ``max_workers``."""
-    count = getattr(os, "process_cpu_count", os.cpu_count)
-    return max(1, int(count() or 1))
-
-
 def executor_workers(executor) -> int:
     """How many calls ``executor`` is taken to run at once when the split is left to
     :func:`run_replicates`: the thread count of the default Dask client for a
@@ -142,7 +135,8 @@ def executor_workers(executor) -> int:
 
 def run_piece(job, lo: int, hi: int) -> dict:
     """What a worker runs: replicates ``lo..hi-1`` of ``job`` (no progress bar)."""
-    return job.run(lo, hi, False)
+    with one_lane_thread():
+        return job.run(lo, hi, False)
 
 
 def run_replicates(job, replicates: range, executor=None, pieces: int | None = None,

@@ -35,8 +35,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-__all__ = ["OptResult", "Driver", "EAGER", "traced", "minimize", "direction",
-           "armijo_test", "fd_hessian", "final_test", "safe_eigh", "STATUS"]
+__all__ = ["OptResult", "Driver", "EAGER", "traced", "minimize", "start_state", "LoopState",
+           "direction", "armijo_test", "fd_hessian", "final_test", "safe_eigh", "STATUS"]
 
 STATUS = {0: "gradient test met", 1: "step below tolerance",
           2: "line search cannot decrease the objective further (round-off level)",
@@ -205,7 +205,7 @@ def final_test(g, H, gtol, drv: Driver):
 # ----------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------
-class _State(NamedTuple):
+class LoopState(NamedTuple):
     x: object        # last accepted point, with f, g and H (Hessian or inverse)
     f: object
     g: object
@@ -222,11 +222,25 @@ class _State(NamedTuple):
     status: object   # -1 while running
 
 
+def start_state(x0, drv: Driver = EAGER, hess0=None) -> LoopState:
+    """The loop's state before its first evaluation, at ``x0`` (``hess0``: BFGS's
+    starting inverse Hessian, default the identity scaled after the first step)."""
+    xp = drv.xp
+    x0 = xp.asarray(x0, dtype=xp.float64)
+    n = x0.shape[0]
+    H0 = xp.eye(n) if hess0 is None else xp.asarray(hess0, dtype=xp.float64)
+    zero_v = xp.zeros_like(x0)
+    return LoopState(x=x0, f=xp.asarray(xp.inf), g=zero_v, H=H0, step=zero_v,
+                  slope=xp.asarray(0.0), alpha=xp.asarray(1.0), trial=x0,
+                  first=xp.asarray(True), scale=xp.asarray(hess0 is None), it=xp.asarray(0),
+                  nls=xp.asarray(0), nfev=xp.asarray(0), status=xp.asarray(-1))
+
+
 def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton",
              hess0=None, max_iter=200, gtol: float = 1e-6, dtol: float | None = None,
              xtol: float = 1e-10, max_step: float = 2.0, stop: Callable | None = None,
-             step_stop: bool = False):
-    """Minimize from ``x0``; returns the final :class:`_State`-like record
+             step_stop: bool = False, state: LoopState | None = None, budget=None):
+    """Minimize from ``x0``; returns the final :class:`LoopState`-like record
     (x, f, g, H, iterations, evaluations, status).
 
     ``evaluate(x)`` returns (f, g, H) for "newton" (H the Hessian) and (f, g, None)
@@ -237,21 +251,20 @@ def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton"
     also end (status 1) once the next step is below ``xtol`` |x| in every coordinate, without
     evaluating it -- for a search from a good Hessian, whose predicted step is the
     step it would take.
+
+    ``state`` (in place of ``x0`` and ``hess0``): go on from a state this function
+    returned; ``budget``: evaluate at most this many times in this call, leaving the
+    state running (status -1) where it stopped.  A run continued in pieces so takes
+    the same steps as one uninterrupted run, whatever the pieces.
     """
     xp = drv.xp
     bfgs = method == "bfgs"
     if dtol is None:
         dtol = 1e-3 * gtol if bfgs else 1e-12 * gtol
-    x0 = xp.asarray(x0, dtype=xp.float64)
-    n = x0.shape[0]
-    H0 = xp.eye(n) if hess0 is None else xp.asarray(hess0, dtype=xp.float64)
-    zero_v = xp.zeros_like(x0)
-    state = _State(x=x0, f=xp.asarray(xp.inf), g=zero_v, H=H0, step=zero_v,
-                   slope=xp.asarray(0.0), alpha=xp.asarray(1.0), trial=x0,
-                   first=xp.asarray(True), scale=xp.asarray(hess0 is None), it=xp.asarray(0),
-                   nls=xp.asarray(0), nfev=xp.asarray(0), status=xp.asarray(-1))
+    if state is None:
+        state = start_state(x0, drv, hess0)
 
-    def body(s: _State) -> _State:
+    def body(s: LoopState) -> LoopState:
         fe, ge, He = evaluate(s.trial)
         fe = xp.where(xp.isfinite(fe), fe, xp.inf)
         accept = s.first | armijo_test(s.f, s.slope, xp)(s.alpha, fe)
@@ -272,7 +285,7 @@ def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton"
             # fit) is followed there as before.
             small = small | ((~s.first) & xp.all(xp.abs(step) <= xtol * xp.abs(s.trial)))
         st_acc = xp.where(stationary, 0, xp.where(small, 1, xp.where(it_n >= max_iter, 3, -1)))
-        acc = _State(x=s.trial, f=fe, g=ge, H=Hn, step=step, slope=xp.dot(ge, step),
+        acc = LoopState(x=s.trial, f=fe, g=ge, H=Hn, step=step, slope=xp.dot(ge, step),
                      alpha=xp.asarray(1.0), trial=s.trial + step, first=xp.asarray(False),
                      scale=scale_n, it=it_n, nls=xp.asarray(0), nfev=s.nfev + 1, status=st_acc)
         alpha = 0.5 * s.alpha
@@ -285,7 +298,11 @@ def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton"
             new = new._replace(status=-2)
         return drv.sel(s.status >= 0, s, new)
 
-    return drv.loop(lambda s: s.status == -1, body, state)
+    if budget is None:
+        return drv.loop(lambda s: s.status == -1, body, state)
+    out, _ = drv.loop(lambda c: (c[0].status == -1) & (c[1] < budget),
+                      lambda c: (body(c[0]), c[1] + 1), (state, xp.asarray(0)))
+    return out
 
 
 def final_status(status, converged, xp=np):
@@ -419,9 +436,9 @@ def minimize_bfgs_eager(value_grad: Callable, x0, log_mask=None, hess0=None,
             nfev += m
             H = fd_hessian(grad, x, g)
             nfev += n
-    s = _State(x=x, f=np.asarray(f), g=g, H=H, step=None, slope=None, alpha=None, trial=None,
-               first=None, scale=None, it=np.asarray(it), nls=None, nfev=np.asarray(nfev),
-               status=np.asarray(status))
+    s = LoopState(x=x, f=np.asarray(f), g=g, H=H, step=None, slope=None, alpha=None,
+                  trial=None, first=None, scale=None, it=np.asarray(it), nls=None,
+                  nfev=np.asarray(nfev), status=np.asarray(status))
     return record(s, H, gtol, EAGER)
 
 

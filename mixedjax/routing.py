@@ -4,7 +4,7 @@ definition is computed.  Tests may lower a threshold (``monkeypatch.setattr``) t
 run the other route on small data."""
 
 __all__ = ["UNROLL", "LOOP_LIMIT", "MAX_BORDER", "PAIR_LIMIT", "PAIR_WEIGHT", "SPARSE_OPERATOR",
-           "SCALAR_SHORTCUT", "THREADED_WORK", "SMALL_WORK", "STEP_ITER", "CENTRE_RATIO",
+           "SCALAR_SHORTCUT", "THREADED_WORK", "SMALL_WORK", "STEP_EVALS", "CENTRE_RATIO",
            "ENTRY_CHUNK", "UNROLL_PRODUCT", "SMALL_PRODUCT"]
 
 # backend: factor blocks of up to this many columns by unrolled elementwise code
@@ -53,9 +53,9 @@ SCALAR_SHORTCUT = 1e-3
 THREADED_WORK = 2e10
 SMALL_WORK = 1e6
 
-# batch: Newton iterations per compiled kernel call of a batched refit, between which
-# finished lanes are refilled with new replicates.
-STEP_ITER = 4
+# batch: evaluations (Newton iterations and line-search halvings) per compiled kernel
+# call of a batched refit, between which finished lanes are refilled with new replicates.
+STEP_EVALS = 6
 
 # structure.centring_basis: a vector-valued term's column is centred (in the factor's
 # basis, not in the model) when its mean exceeds this many standard deviations.  At 3

@@ -13,17 +13,61 @@ alike, and restored afterwards.
 Users choose: ``MIXEDJAX_BLAS_THREADS=n`` (environment) or
 :func:`set_blas_threads` fixes the count for every fit (0: leave BLAS alone), and
 a fit inside ``threadpoolctl.threadpool_limits(...)`` never raises that limit.
+
+Batched refits on a CPU run their lanes in :func:`lane_threads` Python threads,
+each calling the compiled kernel on its own share of the replicates (XLA runs the
+calls side by side; one call on small lanes keeps one core busy):
+``MIXEDJAX_LANE_THREADS=n`` sets the count, default the CPUs this process may use,
+and the pieces of a run split over an executor use one each (the executor already
+runs one piece per core).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 
 from . import routing
 
-__all__ = ["blas_threads", "set_blas_threads"]
+__all__ = ["blas_threads", "set_blas_threads", "local_cpus", "lane_threads", "one_lane_thread"]
+
+_LANES: contextvars.ContextVar = contextvars.ContextVar("mixedjax_lane_threads", default=None)
+
+
+def local_cpus() -> int:
+    """The CPUs this process may use (``os.process_cpu_count()`` where Python has it):
+    the size of a standard process pool made without ``max_workers``."""
+    count = getattr(os, "process_cpu_count", os.cpu_count)
+    return max(1, int(count() or 1))
+
+
+def lane_threads() -> int:
+    """Threads a batched fit on a CPU runs its lanes in (module docstring)."""
+    if _LANES.get() is not None:
+        return _LANES.get()
+    env = os.environ.get("MIXEDJAX_LANE_THREADS", "")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"MIXEDJAX_LANE_THREADS must be an integer, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"MIXEDJAX_LANE_THREADS must be >= 1, got {n}")
+        return n
+    return local_cpus()
+
+
+@contextlib.contextmanager
+def one_lane_thread():
+    """A context in which batched fits run their lanes in one thread (an executor's
+    piece)."""
+    token = _LANES.set(1)
+    try:
+        yield
+    finally:
+        _LANES.reset(token)
 
 
 _CHOICE: dict[str, int | None] = {"threads": None}

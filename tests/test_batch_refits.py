@@ -157,3 +157,27 @@ def test_sharded_refits_equal_single_device(tmp_path):
     b = fit.refit_many(fit.simulate(30, key=9), chunk_size=16)
     want = np.column_stack([b.objective, b.fixef.to_numpy(), b.theta])
     np.testing.assert_allclose(np.load(out), want, rtol=1e-9, atol=1e-9)
+
+
+def test_refits_do_not_depend_on_pieces_or_lane_threads(monkeypatch):
+    """Searches continued from their state in pieces of any number of evaluations,
+    in one or several lane threads, give the numbers of one uninterrupted search."""
+    from mixedjax import routing, threads
+
+    fit = mixedjax.lmer("Reaction ~ Days + (Days | Subject)", mixedjax.datasets.load("sleepstudy"))
+    Y = fit.simulate(150, key=11)
+
+    def table(evals, lane_threads):
+        monkeypatch.setattr(routing, "STEP_EVALS", evals)
+        monkeypatch.setenv("MIXEDJAX_LANE_THREADS", str(lane_threads))
+        b = fit.refit_many(Y, chunk_size=32)
+        return np.column_stack([b.objective, b.fixef.to_numpy(), b.theta, b.iterations])
+
+    want = table(1000, 1)
+    for evals, lanes in [(1, 1), (6, 2), (4, 3)]:
+        np.testing.assert_allclose(table(evals, lanes), want, rtol=1e-12, atol=1e-12)
+    with threads.one_lane_thread():
+        assert threads.lane_threads() == 1
+    monkeypatch.setenv("MIXEDJAX_LANE_THREADS", "0")
+    with pytest.raises(ValueError, match="MIXEDJAX_LANE_THREADS"):
+        threads.lane_threads()

@@ -138,3 +138,30 @@ def test_bfgs_eager_with_log_scale_coordinates():
     assert bool(out.converged) and int(out.status) == 0
     A = np.array([[2e4, 0.5], [0.5, 2.0]])
     np.testing.assert_allclose(out.x, np.linalg.solve(A, [2.0, 4.0]), rtol=1e-7)
+
+
+@pytest.mark.parametrize("driver", ["eager", "traced"])
+@pytest.mark.parametrize("method", ["newton", "bfgs"])
+def test_run_in_pieces_takes_the_same_steps(method, driver):
+    """A run continued from its state, a few evaluations at a time (the batched
+    refits' pieces), ends where one uninterrupted run ends, after as many steps."""
+    f, x0, _ = PROBLEMS["rosenbrock2"]
+    xp = np if driver == "eager" else jnp
+    drv = optim.EAGER if driver == "eager" else optim.traced()
+    evaluate = _evaluate(f, method, xp)
+    whole = _run("rosenbrock2", method, driver)
+    piece = lambda st: optim.minimize(evaluate, None, drv, method, max_iter=500, gtol=1e-10,
+                                      state=st, budget=3)
+    if driver == "traced":
+        piece = jax.jit(piece)
+    state = optim.start_state(xp.asarray(x0, xp.float64), drv)
+    calls = 0
+    while int(state.status) == -1:
+        before = int(state.nfev)
+        state = piece(state)
+        assert int(state.nfev) - before <= 3
+        calls += 1
+    assert calls > 3
+    assert int(state.it) == int(whole.it) and int(state.nfev) == int(whole.nfev)
+    assert int(state.status) == int(whole.status)
+    np.testing.assert_array_equal(np.asarray(state.x), np.asarray(whole.x))
