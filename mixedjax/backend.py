@@ -108,15 +108,17 @@ class Backend:
     def tri_inv(self, L):
         raise NotImplementedError
 
-    def solve_lower(self, L, B, trans: bool = False):
+    def solve_lower(self, L, B, trans: bool = False, Li=None):
         """L^-1 B (or L^-T B with ``trans``) for lower-triangular L, batched over
-        leading axes shared by L (..., k, k) and B (..., k, r)."""
-        Li = self.tri_inv(L)
+        leading axes shared by L (..., k, k) and B (..., k, r); ``Li``: L^-1 when
+        known."""
+        Li = self.tri_inv(L) if Li is None else Li
         return self.mm(self.xp.swapaxes(Li, -1, -2) if trans else Li, B)
 
-    def chol_inverse(self, L):
-        """(L L')^-1 = L^-T L^-1 for a Cholesky factor L (batched)."""
-        Li = self.tri_inv(L)
+    def chol_inverse(self, L, Li=None):
+        """(L L')^-1 = L^-T L^-1 for a Cholesky factor L (batched); ``Li``: L^-1
+        when known."""
+        Li = self.tri_inv(L) if Li is None else Li
         return self.mm(self.xp.swapaxes(Li, -1, -2), Li)
 
     def symmetrize_lower(self, A):
@@ -187,15 +189,15 @@ class _NumpyBackend(Backend):
         eye = np.broadcast_to(np.eye(k), L.shape)
         return np.linalg.solve(L, eye)
 
-    def solve_lower(self, L, B, trans: bool = False):
-        if L.ndim == 2 and L.shape[-1] > routing.UNROLL:
+    def solve_lower(self, L, B, trans: bool = False, Li=None):
+        if Li is None and L.ndim == 2 and L.shape[-1] > routing.UNROLL:
             import scipy.linalg
             return scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0,
                                                  check_finite=False)
-        return super().solve_lower(L, B, trans)
+        return super().solve_lower(L, B, trans, Li)
 
-    def chol_inverse(self, L):
-        if L.ndim == 2 and L.shape[-1] > routing.UNROLL:
+    def chol_inverse(self, L, Li=None):
+        if Li is None and L.ndim == 2 and L.shape[-1] > routing.UNROLL:
             import scipy.linalg
             inv, info = scipy.linalg.lapack.dpotri(L, lower=1)
             if info != 0:
@@ -206,7 +208,7 @@ class _NumpyBackend(Backend):
             inv += inv.T
             inv[np.diag_indices_from(inv)] = diag
             return inv
-        return super().chol_inverse(L)
+        return super().chol_inverse(L, Li)
 
 
 class _JaxBackend(Backend):
@@ -270,9 +272,9 @@ class _JaxBackend(Backend):
         eye = self.xp.broadcast_to(self.xp.eye(k, dtype=L.dtype), L.shape)
         return self.jax.scipy.linalg.solve_triangular(L, eye, lower=True)
 
-    def solve_lower(self, L, B, trans: bool = False):
-        if L.shape[-1] <= routing.LOOP_LIMIT:
-            return super().solve_lower(L, B, trans)
+    def solve_lower(self, L, B, trans: bool = False, Li=None):
+        if Li is not None or L.shape[-1] <= routing.LOOP_LIMIT:
+            return super().solve_lower(L, B, trans, Li)
         return self.jax.scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0)
 
 

@@ -60,7 +60,9 @@ class Factor(NamedTuple):
     level; ``logdet0`` sum_a log|M_a|; ``T*`` the unscaled Schur complement's blocks
     (``T_mm`` symmetric, or valid in its lower triangle for one cluster of scalar
     terms, where nothing reads the rest); ``Lmm`` (n_cl, s, s), ``Lbm`` (n_cl, n_b,
-    s), ``Lbb`` (n_b, n_b).
+    s), ``Lbb`` (n_b, n_b); ``Lmm_inv`` the inverses of small middle blocks (at most
+    :data:`mixedjax.routing.UNROLL` columns, several clusters), which an evaluation
+    with its gradient applies three times, else None.
     """
 
     lams: tuple
@@ -74,6 +76,7 @@ class Factor(NamedTuple):
     Lmm: object
     Lbm: object
     Lbb: object
+    Lmm_inv: object = None
 
 
 # ----------------------------------------------------------------------------------
@@ -185,18 +188,22 @@ def factorize(theta, A: Blocks, be, ops=None) -> Factor:
         Smm = Smm + xp.eye(s.s, dtype=Smm.dtype)
         Sbm = scale_rows(scale_cols(Tbm, lams, mseg, xp), lams, bseg, xp)
         Lmm = be.chol(Smm[0])[None] if s.n_cl == 1 else be.chol(Smm)
-        Lbm = xp.swapaxes(mid_solve(Lmm, xp.swapaxes(Sbm, -1, -2), be), -1, -2)
+        Lmm_inv = be.tri_inv(Lmm) if s.n_cl > 1 and s.s <= routing.UNROLL else None
+        Lbm = xp.swapaxes(mid_solve(Lmm, xp.swapaxes(Sbm, -1, -2), be, Li=Lmm_inv), -1, -2)
         Sbb = Sbb - xp.einsum("cbs,cds->bd", Lbm, Lbm)
     else:
-        Lmm = Lbm = None
+        Lmm = Lbm = Lmm_inv = None
     Lbb = be.chol(Sbb)
     L0, P, K, logdet0 = F0
     return Factor(lams=lams, L0=L0, P=P, K=K, logdet0=logdet0, Tmm=Tmm, Tbm=Tbm, Tbb=Tbb,
-                  Lmm=Lmm, Lbm=Lbm, Lbb=Lbb)
+                  Lmm=Lmm, Lbm=Lbm, Lbb=Lbb, Lmm_inv=Lmm_inv)
 
 
-def mid_solve(Lmm, B, be, trans: bool = False):
-    """L_mm,c^-1 B_c (or L_mm,c^-T B_c) for every cluster c."""
+def mid_solve(Lmm, B, be, trans: bool = False, Li=None):
+    """L_mm,c^-1 B_c (or L_mm,c^-T B_c) for every cluster c; ``Li``: the inverses
+    of the L_mm,c when known (:attr:`Factor.Lmm_inv`)."""
+    if Li is not None:
+        return be.solve_lower(Lmm, B, trans, Li)
     if Lmm.shape[0] == 1:
         return be.solve_lower(Lmm[0], B[0], trans)[None]
     return be.solve_lower(Lmm, B, trans)
@@ -231,9 +238,16 @@ def inverse(F: Factor, w_mid, w_border, be) -> Inverse:
     Gbb = xp.swapaxes(V, 0, 1) @ (w_border[:, None] * V)
     if F.Lmm is None:
         return Inverse(None, None, Gbb)
-    Y = xp.swapaxes(mid_solve(F.Lmm, xp.swapaxes(F.Lbm, -1, -2), be, trans=True), -1, -2)
+    Li = F.Lmm_inv
+    Y = xp.swapaxes(mid_solve(F.Lmm, xp.swapaxes(F.Lbm, -1, -2), be, trans=True, Li=Li),
+                    -1, -2)
     Gbm = -Gbb @ Y                                                     # Y: (n_cl, n_b, s)
-    inv = be.chol_inverse(F.Lmm[0])[None] if F.Lmm.shape[0] == 1 else be.chol_inverse(F.Lmm)
+    if Li is not None:
+        inv = be.chol_inverse(F.Lmm, Li)
+    elif F.Lmm.shape[0] == 1:
+        inv = be.chol_inverse(F.Lmm[0])[None]
+    else:
+        inv = be.chol_inverse(F.Lmm)
     Gmm = w_mid * inv + xp.swapaxes(Y, -1, -2) @ (Gbb @ Y)
     return Inverse(Gmm, Gbm, Gbb)
 
@@ -452,7 +466,7 @@ def solve(F: Factor, A: Blocks, be, ops=None) -> Solution:
     if s.n_cl:
         cm = F.Lbm[:, -1, :]                                           # y row of L_bm
         rhs = cm - xp.einsum("cbs,b->cs", F.Lbm[:, :-1, :], xb)
-        u_mid = mid_solve(F.Lmm, rhs[..., None], be, trans=True)[..., 0]
+        u_mid = mid_solve(F.Lmm, rhs[..., None], be, trans=True, Li=F.Lmm_inv)[..., 0]
         bm = scale_cols(u_mid, _transposed(lams), s.middle_segments, xp).reshape(-1)
         r0 = r0 + be.segment_sum(A.ent_v * bm[A.ent_pos][:, None], A.ent_a, s.m[0])
     else:
@@ -525,7 +539,7 @@ def row_norms(F: Factor, A: Blocks, level, a0, a_rest, be, coupling=None):
         cm = xp.einsum("nkq,nk->nq", V[level], t).reshape(-1, s.n_cl, s.s)
         cm = scale_cols(cm, F.lams, s.middle_segments, xp)
         rm = a_rest[:, :qm].reshape(-1, s.n_cl, s.s) - cm
-        vm = xp.swapaxes(mid_solve(F.Lmm, xp.moveaxis(rm, 0, -1), be), 1, 2)
+        vm = xp.swapaxes(mid_solve(F.Lmm, xp.moveaxis(rm, 0, -1), be, Li=F.Lmm_inv), 1, 2)
         vm = xp.moveaxis(vm, 1, 0)                                     # (N, n_cl, s)
         total = total + xp.sum(vm * vm, axis=(1, 2))
         rb = rb - xp.einsum("cbs,ncs->nb", F.Lbm[:, :-1, :], vm)
