@@ -382,12 +382,14 @@ class SparsePairOps(PairOps):
 
     def dense_update(self, K, A: Blocks):
         """V' K V as W'W with W_a = L0_a^-1 lambda0' V_a (one symmetric rank-k product)."""
-        import scipy.linalg
-        W = self._dense_w(K, A)
-        U = scipy.linalg.blas.dsyrk(1.0, W, trans=1, lower=1)
+        U = _gram_lower(self._dense_w(K, A))
         if self.lower_only:
             return U[None]
-        return (np.tril(U) + np.tril(U, -1).T)[None]
+        # The upper triangle of U is zero: U + U' has the full matrix off the diagonal
+        # and twice it on the diagonal (one pass instead of two triangle copies).
+        full = U + U.T
+        full[np.diag_indices_from(full)] *= 0.5
+        return full[None]
 
     def coupling(self, A: Blocks):
         if "V" not in self.__dict__:
@@ -395,12 +397,12 @@ class SparsePairOps(PairOps):
         return self.V
 
     def weighted_inner(self, c, Gt_mm, A: Blocks):
-        import scipy.linalg
         W = self.coupling(A)[:, 0, :] * np.sqrt(c)[:, None]
-        C = scipy.linalg.blas.dsyrk(1.0, W, trans=1, lower=1)           # lower triangle
-        # <G, C> over the whole of the symmetric C from its lower triangle
-        return 2.0 * np.einsum("ij,ij->", Gt_mm, C) - np.dot(np.diagonal(Gt_mm),
-                                                            np.diagonal(C))
+        C = _gram_lower(W)                                              # lower triangle
+        # <G, C> over the whole of the symmetric C from its lower triangle; G is
+        # symmetric, so its products with C and with C' (C-ordered, read in one
+        # contiguous pass) have the same sum.
+        return 2.0 * np.vdot(Gt_mm, C.T) - np.dot(np.diagonal(Gt_mm), np.diagonal(C))
 
     def _dense_w(self, K, A: Blocks):
         s = A.structure
@@ -410,6 +412,16 @@ class SparsePairOps(PairOps):
         e, U = np.linalg.eigh(K)                                       # K = C C'
         C = U * np.sqrt(np.maximum(e, 0.0))[:, None, :]
         return (np.swapaxes(C, 1, 2) @ V).reshape(-1, s.s)
+
+
+def _gram_lower(W: np.ndarray) -> np.ndarray:
+    """W'W in the lower triangle (upper triangle zero) by one symmetric rank-k BLAS
+    product.  W (rows, cols), C-ordered, is read as the Fortran-ordered W' without
+    the copy that BLAS's column order would otherwise make of it (the dense
+    coupling of a MovieLens-sized model: 180 MB and half a second per evaluation)."""
+    import scipy.linalg
+    W = np.ascontiguousarray(W)
+    return scipy.linalg.blas.dsyrk(1.0, W.T, trans=0, lower=1)
 
 
 class _Triplets:
