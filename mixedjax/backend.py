@@ -202,12 +202,14 @@ class _NumpyBackend(Backend):
             inv, info = scipy.linalg.lapack.dpotri(L, lower=1)
             if info != 0:
                 return np.full_like(L, np.nan)
-            # mirror the lower triangle (dpotri leaves the upper one as it was)
-            inv = np.tril(inv)
-            diag = np.diagonal(inv).copy()
+            # Mirror the lower triangle (dpotri leaves the upper one as it was): clear
+            # the upper part column by column (contiguous in dpotri's column order),
+            # then add the transpose and halve the doubled diagonal.
+            for j in range(1, inv.shape[1]):
+                inv[:j, j] = 0.0
             inv += inv.T
-            inv[np.diag_indices_from(inv)] = diag
-            return inv
+            inv[np.diag_indices_from(inv)] *= 0.5
+            return inv.T            # the same symmetric matrix, in C order
         return super().chol_inverse(L, Li)
 
 

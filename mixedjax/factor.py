@@ -399,10 +399,10 @@ class SparsePairOps(PairOps):
     def weighted_inner(self, c, Gt_mm, A: Blocks):
         W = self.coupling(A)[:, 0, :] * np.sqrt(c)[:, None]
         C = _gram_lower(W)                                              # lower triangle
-        # <G, C> over the whole of the symmetric C from its lower triangle; G is
-        # symmetric, so its products with C and with C' (C-ordered, read in one
-        # contiguous pass) have the same sum.
-        return 2.0 * np.vdot(Gt_mm, C.T) - np.dot(np.diagonal(Gt_mm), np.diagonal(C))
+        # <G, C> over the whole of the symmetric C from its lower triangle, in one
+        # contiguous pass (G is symmetric: G' is G, in the other memory order).
+        G = Gt_mm if Gt_mm.flags.c_contiguous or not Gt_mm.T.flags.c_contiguous else Gt_mm.T
+        return 2.0 * np.vdot(G, C) - np.dot(np.diagonal(G), np.diagonal(C))
 
     def _dense_w(self, K, A: Blocks):
         s = A.structure
@@ -415,13 +415,15 @@ class SparsePairOps(PairOps):
 
 
 def _gram_lower(W: np.ndarray) -> np.ndarray:
-    """W'W in the lower triangle (upper triangle zero) by one symmetric rank-k BLAS
-    product.  W (rows, cols), C-ordered, is read as the Fortran-ordered W' without
-    the copy that BLAS's column order would otherwise make of it (the dense
-    coupling of a MovieLens-sized model: 180 MB and half a second per evaluation)."""
+    """W'W in the lower triangle (upper triangle zero), C-ordered, by one symmetric
+    rank-k BLAS product.  BLAS works in column order: the C-ordered W is handed over
+    as the column-ordered W', and the column-ordered upper triangle it returns is
+    the C-ordered lower one, so neither W nor the result is copied or read across
+    its rows (the dense coupling of a MovieLens-sized model: 180 MB and half a
+    second per evaluation)."""
     import scipy.linalg
     W = np.ascontiguousarray(W)
-    return scipy.linalg.blas.dsyrk(1.0, W.T, trans=0, lower=1)
+    return scipy.linalg.blas.dsyrk(1.0, W.T, trans=0, lower=0).T
 
 
 class _Triplets:
