@@ -24,6 +24,7 @@ batch it is drawn in.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import NamedTuple
 
 import jax
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .structure import Structure, lambdas, tril_indices
+from .threads import lane_threads
 
 __all__ = ["SimParams", "resolve_params", "term_names", "as_key", "check_nsim",
            "SimDesign", "sim_design", "Simulator"]
@@ -312,8 +314,9 @@ class Simulator:
     """Draws responses of given replicates: ``sim(idx)`` -> (len(idx), n_pad).
 
     Replicates are drawn in aligned blocks (one compiled shape per design; at most
-    1024 rows and about 128 MB); the last two blocks are cached, since batched fits
-    ask for increasing ranges of replicates.
+    1024 rows and about 128 MB); the last two blocks per lane thread
+    (:func:`mixedjax.threads.lane_threads`) are cached, since batched fits ask for
+    increasing ranges of replicates, each thread its own range.
     """
 
     def __init__(self, design, structure: Structure, params: SimParams, key, n_pad: int):
@@ -327,15 +330,30 @@ class Simulator:
         self.sigma = jnp.asarray(params.sigma)
         self.block = int(min(1024, 2 ** max(int(np.log2(max(2 ** 24 // n_pad, 1))), 0)))
         self._cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    # Pickled without the cache and the lock (a drawn block is redrawn on demand).
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._cache = {}
+        self._lock = threading.Lock()
 
     def _block(self, b: int) -> np.ndarray:
-        if b not in self._cache:
+        with self._lock:
+            hit = self._cache.get(b)
+        if hit is None:
             idx = jnp.arange(b * self.block, (b + 1) * self.block)
-            self._cache[b] = np.asarray(_draw(self.key, idx, self.S, self.beta, self.lams,
-                                              self.sigma, levels=self.levels))
-            while len(self._cache) > 2:        # dicts keep insertion order: drop the oldest
-                self._cache.pop(next(iter(self._cache)))
-        return self._cache[b]
+            hit = np.asarray(_draw(self.key, idx, self.S, self.beta, self.lams, self.sigma,
+                                   levels=self.levels))
+            with self._lock:
+                self._cache[b] = hit
+                # dicts keep insertion order: drop the oldest
+                while len(self._cache) > 2 * lane_threads():
+                    self._cache.pop(next(iter(self._cache)))
+        return hit
 
     def __call__(self, idx) -> np.ndarray:
         idx = np.asarray(idx, np.int64)
