@@ -47,16 +47,23 @@ def lane_threads() -> int:
     """Threads a batched fit on a CPU runs its lanes in (module docstring)."""
     if _LANES.get() is not None:
         return _LANES.get()
-    env = os.environ.get("MIXEDJAX_LANE_THREADS", "")
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"MIXEDJAX_LANE_THREADS must be an integer, got {env!r}") from None
-        if n < 1:
-            raise ValueError(f"MIXEDJAX_LANE_THREADS must be >= 1, got {n}")
-        return n
-    return local_cpus()
+    n = _env_count("MIXEDJAX_LANE_THREADS", 1)
+    return local_cpus() if n is None else n
+
+
+def _env_count(name: str, least: int) -> int | None:
+    """The integer in environment variable ``name`` (at least ``least``), None when
+    it is not set; a ValueError naming the variable otherwise."""
+    env = os.environ.get(name, "")
+    if env == "":
+        return None
+    try:
+        n = int(env)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {env!r}") from None
+    if n < least:
+        raise ValueError(f"{name} must be >= {least}, got {n}")
+    return n
 
 
 @contextlib.contextmanager
@@ -84,16 +91,7 @@ def set_blas_threads(n: int | None) -> None:
 def _chosen() -> int | None:
     if _CHOICE["threads"] is not None:
         return _CHOICE["threads"]
-    env = os.environ.get("MIXEDJAX_BLAS_THREADS")
-    if env is None or env == "":
-        return None
-    try:
-        n = int(env)
-    except ValueError:
-        raise ValueError(f"MIXEDJAX_BLAS_THREADS must be an integer, got {env!r}") from None
-    if n < 0:
-        raise ValueError(f"MIXEDJAX_BLAS_THREADS must be >= 0, got {n}")
-    return n
+    return _env_count("MIXEDJAX_BLAS_THREADS", 0)
 
 
 @functools.cache
