@@ -279,9 +279,8 @@ def make_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
         sub = sub.assign(**trimmed)
 
     y = response_vector(sub, parsed.response)
-    built = r_model_matrices([parsed.fixed] + [t.expr for t in parsed.random],
-                             ["fixed-effects"] + [f"random-effects term {t}" for t in parsed.random],
-                             sub)
+    whats = ["fixed-effects"] + [f"random-effects term {t}" for t in parsed.random]
+    built = r_model_matrices([parsed.fixed] + [t.expr for t in parsed.random], whats, sub)
     X_full, x_info, x_perm, xnames_full = built[0]
     keep = independent_columns(X_full) if X_full.shape[1] else np.zeros(0, bool)
     aliased = [nm for nm, k in zip(xnames_full, keep) if not k]
