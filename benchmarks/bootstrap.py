@@ -17,6 +17,9 @@ Rows: sleepstudy ``Reaction ~ Days + (Days | Subject)`` and Penicillin
                (when Rscript with lme4 is installed)
   ratio        lme4 / mixedjax (warm)
 
+On a single CPU device the refits run in one lane thread per CPU
+(``MIXEDJAX_LANE_THREADS=n`` sets the count; see ``mixedjax/threads.py``).
+
 The ``--gpu-scale`` run fits 1,000,000 sleepstudy replicates (chunked, sharded over
 every device) and prints the time and replicates per second.
 """
