@@ -108,7 +108,7 @@ def newton_piece(state: optim.LoopState, A: Blocks, reml, max_iter, budget, scal
     A_search = _search_structure(A)
     st = optim.minimize(lambda t: value_grad_hess(_scaled, t, A_search, reml, scale), None,
                         drv, "newton", max_iter=max_iter, gtol=gtol, state=state,
-                        budget=budget, step_stop=True)
+                        budget=budget)
     return st, finish(optim.record(st, st.H, gtol, drv, final=False), A, reml, scale)
 
 

@@ -231,9 +231,10 @@ def start_state(x0, drv: Driver = EAGER, hess0=None) -> LoopState:
     H0 = xp.eye(n) if hess0 is None else xp.asarray(hess0, dtype=xp.float64)
     zero_v = xp.zeros_like(x0)
     return LoopState(x=x0, f=xp.asarray(xp.inf), g=zero_v, H=H0, step=zero_v,
-                  slope=xp.asarray(0.0), alpha=xp.asarray(1.0), trial=x0,
-                  first=xp.asarray(True), scale=xp.asarray(hess0 is None), it=xp.asarray(0),
-                  nls=xp.asarray(0), nfev=xp.asarray(0), status=xp.asarray(-1))
+                     slope=xp.asarray(0.0), alpha=xp.asarray(1.0), trial=x0,
+                     first=xp.asarray(True), scale=xp.asarray(hess0 is None),
+                     it=xp.asarray(0), nls=xp.asarray(0), nfev=xp.asarray(0),
+                     status=xp.asarray(-1))
 
 
 def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton",
@@ -286,8 +287,9 @@ def minimize(evaluate: Callable, x0, drv: Driver = EAGER, method: str = "newton"
             small = small | ((~s.first) & xp.all(xp.abs(step) <= xtol * xp.abs(s.trial)))
         st_acc = xp.where(stationary, 0, xp.where(small, 1, xp.where(it_n >= max_iter, 3, -1)))
         acc = LoopState(x=s.trial, f=fe, g=ge, H=Hn, step=step, slope=xp.dot(ge, step),
-                     alpha=xp.asarray(1.0), trial=s.trial + step, first=xp.asarray(False),
-                     scale=scale_n, it=it_n, nls=xp.asarray(0), nfev=s.nfev + 1, status=st_acc)
+                        alpha=xp.asarray(1.0), trial=s.trial + step, first=xp.asarray(False),
+                        scale=scale_n, it=it_n, nls=xp.asarray(0), nfev=s.nfev + 1,
+                        status=st_acc)
         alpha = 0.5 * s.alpha
         # A start where f is not finite cannot be searched from.
         rej = s._replace(alpha=alpha, trial=s.x + alpha * s.step, nls=s.nls + 1,
